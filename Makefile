@@ -1,0 +1,54 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+APT_PACKAGES := mariadb-server mariadb-client mariadb-backup postgresql-15 postgresql-contrib-15 \
+	redis-server zstd memcached e2fsprogs util-linux iproute2 python3-venv
+export PATH := /usr/lib/postgresql/15/bin:$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit bench deps clean-venv
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing:$$missing"; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q -U pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(STAMPS)/apt $(STAMPS)/venv
+
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMPS)/venv
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+test: deps lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
+
+unit: $(STAMPS)/venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m infra.local.demo
+
+bench: deps
+	$(PY) -m bench
+
+clean-venv:
+	rm -rf $(VENV) $(STAMPS)

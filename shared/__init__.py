@@ -1,0 +1,1 @@
+"""Library code shared by the functions, the engine and the guest agent."""

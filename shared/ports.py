@@ -1,0 +1,189 @@
+"""Ports: the interfaces services depend on. Adapters (local, openstack, aws) implement them.
+
+Services import only this module (and models/rules); `infra/` wires concrete adapters per profile.
+Every port has one contract test suite under tests/contract/ that every adapter must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+JSON = dict[str, Any]
+
+# Keys: '/'-separated segments of [A-Za-z0-9._-], no empty segment, no '..', at most 512 chars.
+KEY_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
+# Queue names: what SQS and Zaqar both accept.
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+# --------------------------------------------------------------------------- Clock
+@runtime_checkable
+class Clock(Protocol):
+    """Time source; injectable so tests can move time by hand."""
+
+    def now(self) -> datetime:
+        """Current wall-clock time, timezone-aware UTC."""
+        ...
+
+    def time(self) -> float:
+        """Current wall-clock time as a POSIX timestamp (seconds)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds, for measuring intervals."""
+        ...
+
+
+# --------------------------------------------------------------------------- StateStore
+@dataclass(frozen=True)
+class Record:
+    """One revision of a record. Revisions start at 1 and grow by exactly one per write."""
+
+    key: str
+    revision: int
+    data: JSON
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A named, expiring exclusive claim (one healer per instance, one scheduler tick...)."""
+
+    name: str
+    owner: str
+    expires_at: float  # POSIX seconds
+    token: int  # fencing token: grows with each new holder
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Revisioned JSON records with compare-and-swap built only on create-if-absent (DESIGN §4)."""
+
+    def get(self, key: str) -> Record | None:
+        """Latest revision of `key`, or None. Raises CorruptDataError if it does not parse."""
+        ...
+
+    def put(self, key: str, data: JSON, expected_revision: int) -> Record:
+        """Write revision `expected_revision + 1`. `expected_revision=0` creates the record.
+
+        Raises ConflictError when that revision already exists (someone else wrote first).
+        """
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys of live records starting with `prefix`, in lexical order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove a record and all its revisions. Deleting a missing key is not an error."""
+        ...
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Lease:
+        """Take the lease, or renew it if `owner` already holds it. Raises LeaseHeldError."""
+        ...
+
+    def renew_lease(self, lease: Lease, ttl_seconds: float) -> Lease:
+        """Extend a held lease. Raises LeaseLostError if it expired and was taken."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give the lease up. Releasing a lease someone else now holds is a no-op."""
+        ...
+
+
+# --------------------------------------------------------------------------- BlobStore
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    sha256: str  # hex digest of the stored bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+    modified: datetime | None = None
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Large immutable objects (backups, logs), streamed in and out, never buffered whole."""
+
+    def put(
+        self, key: str, chunks: Iterable[bytes], metadata: dict[str, str] | None = None
+    ) -> BlobInfo:
+        """Stream `chunks` into `key` (multipart when large). On any error nothing is left."""
+        ...
+
+    def get(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the object's bytes. Raises NotFoundError."""
+        ...
+
+    def head(self, key: str) -> BlobInfo:
+        """Size, sha256 and metadata. Raises NotFoundError."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing key is not an error."""
+        ...
+
+
+# --------------------------------------------------------------------------- Queue
+@dataclass(frozen=True)
+class Message:
+    id: str
+    body: JSON
+    receipt: str  # handle for ack / visibility changes; changes with each receive
+    receive_count: int
+    sent_at: float
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """At-least-once message queues: visibility timeout, delay, redelivery, dead-letter."""
+
+    def ensure_queue(
+        self, name: str, *, max_receives: int | None = None, dead_letter_queue: str | None = None
+    ) -> None:
+        """Create the queue if missing. After `max_receives` receives a message moves to the DLQ."""
+        ...
+
+    def send(self, queue: str, body: JSON, delay_seconds: float = 0) -> str:
+        """Enqueue one message; returns its id."""
+        ...
+
+    def send_batch(
+        self, queue: str, bodies: Sequence[JSON], delay_seconds: float = 0
+    ) -> list[str]: ...
+
+    def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        visibility_timeout: float = 30,
+        wait_seconds: float = 0,
+    ) -> list[Message]:
+        """Claim up to `max_messages` visible messages, hidden for `visibility_timeout` seconds."""
+        ...
+
+    def ack(self, queue: str, receipt: str) -> None:
+        """Delete a received message. A stale receipt (message redelivered since) is ignored."""
+        ...
+
+    def change_visibility(self, queue: str, receipt: str, visibility_timeout: float) -> None:
+        """Extend (or end, with 0) the claim on a received message."""
+        ...
+
+    def purge(self, queue: str) -> None: ...
+
+    def count(self, queue: str) -> int:
+        """Messages in the queue, visible or not (approximate on some backends)."""
+        ...
+
+
+# --------------------------------------------------------------------------- Invoker
+@runtime_checkable
+class Invoker(Protocol):
+    """Calls a function by resource name (`fn:provision.create_server`) with a JSON payload."""
+
+    def invoke(self, resource: str, payload: Any, *, idempotency_key: str | None = None) -> Any: ...
