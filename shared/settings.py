@@ -7,6 +7,7 @@ Invalid settings fail at start with a message naming the key (`load_settings`).
 from __future__ import annotations
 
 import os
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -105,10 +106,15 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build Settings or raise SettingsError naming each bad key (with its TROVELESS_ variable)."""
     path = _config_file()
-    if path is not None and not path.exists():
-        raise SettingsError(f"TROVELESS_CONFIG_FILE: {path} does not exist")
+    if path is not None and not path.is_file():
+        why = "is not a file" if path.exists() else "does not exist"
+        raise SettingsError(f"TROVELESS_CONFIG_FILE: {path} {why}")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"TROVELESS_CONFIG_FILE: {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"TROVELESS_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
