@@ -68,3 +68,16 @@ class InvalidKeyError(TrovelessError, ValueError):
         self.key = key
         self.rule = rule
         super().__init__(f"invalid key {key!r}: {rule}")
+
+
+class ComputeError(TrovelessError):
+    """A server could not be built, changed or removed; says which instance and why."""
+
+    def __init__(self, instance_id: str, reason: str) -> None:
+        self.instance_id = instance_id
+        self.reason = reason
+        super().__init__(f"server of instance {instance_id!r}: {reason}")
+
+
+class ComputeRequestError(ComputeError, ValueError):
+    """A compute request that cannot succeed as asked (unknown zone, shrinking a volume...)."""

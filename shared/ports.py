@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 JSON = dict[str, Any]
@@ -187,3 +188,150 @@ class Invoker(Protocol):
     """Calls a function by resource name (`fn:provision.create_server`) with a JSON payload."""
 
     def invoke(self, resource: str, payload: Any, *, idempotency_key: str | None = None) -> Any: ...
+
+
+# --------------------------------------------------------------------------- Compute
+class ServerStatus(StrEnum):
+    """Nova's words for a server's state (EC2's map onto them: running=ACTIVE, stopped=SHUTOFF)."""
+
+    BUILD = "BUILD"
+    ACTIVE = "ACTIVE"
+    SHUTOFF = "SHUTOFF"
+    ERROR = "ERROR"
+
+
+class FlavorLike(Protocol):
+    """What a compute adapter needs from a flavor; `shared.models.Flavor` and `FlavorSpec` fit."""
+
+    @property
+    def ram_mb(self) -> int: ...
+
+    @property
+    def vcpus(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class FlavorSpec:
+    """The resources a server is given: RAM in MiB and virtual CPUs."""
+
+    ram_mb: int
+    vcpus: int
+
+    def __post_init__(self) -> None:
+        if self.ram_mb < 1 or self.vcpus < 1:
+            raise ValueError(f"flavor needs ram_mb >= 1 and vcpus >= 1, got {self}")
+
+    @classmethod
+    def of(cls, flavor: FlavorLike) -> FlavorSpec:
+        return cls(ram_mb=int(flavor.ram_mb), vcpus=int(flavor.vcpus))
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """One server (VM, EC2 instance, or local process tree) that hosts one database instance.
+
+    `volume_kind` is a `shared.models.volume.VolumeKind` value ("loop", "directory", "cinder",
+    "ebs"); `volume_path` is where the guest finds its data volume mounted. `limits_enforced`
+    says whether the flavor's RAM and CPU are enforced; `limits_note` says why not when they
+    are not. `agent_alive` is the adapter's own view of the guest agent process (None when the
+    adapter cannot see inside the guest); heartbeats are the authority on guest health.
+    `details` holds adapter-specific facts for operators (image path, loop device, cgroups...).
+    """
+
+    server_id: str
+    instance_id: str
+    status: ServerStatus
+    address: str
+    zone: str
+    flavor: FlavorSpec
+    volume_id: str
+    volume_gb: int
+    volume_kind: str
+    volume_path: str
+    limits_enforced: bool
+    limits_note: str | None
+    agent_pid: int | None
+    agent_alive: bool | None
+    created_at: datetime
+    status_reason: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Compute(Protocol):
+    """Servers for database instances: one per instance, each with its own data volume, address,
+    zone and resource limits, booting the guest agent configured from `user_data`.
+
+    Every call is safe to repeat (engine steps are redelivered). Calls naming an instance that
+    has no server raise NotFoundError, except `delete_server`/`reap`, which are no-ops then.
+    Requests that can never succeed as asked raise ComputeRequestError (a ValueError); failures
+    of the underlying cloud raise ComputeError, and a failed create leaves nothing behind.
+    """
+
+    def zones(self) -> list[str]:
+        """The availability zones servers can be placed in, in configured order."""
+        ...
+
+    def create_server(
+        self,
+        instance_id: str,
+        flavor: FlavorLike,
+        volume_gb: int,
+        zone: str | None,
+        user_data: JSON,
+        *,
+        volume_from: str | None = None,
+    ) -> ServerInfo:
+        """Build and boot the server for `instance_id` and return it (status ACTIVE).
+
+        `zone=None` lets the adapter choose (the least used zone). `volume_from` attaches a
+        volume kept by `delete_server(keep_volume=True)` (its `volume_id`) instead of a new one,
+        grown to `volume_gb` if smaller. If the server already exists it is returned as it is.
+        `user_data` reaches the guest agent as a file only it can read; it may hold secrets.
+        """
+        ...
+
+    def get_server(self, instance_id: str) -> ServerInfo | None: ...
+
+    def list_servers(self) -> list[ServerInfo]: ...
+
+    def stop_server(self, instance_id: str) -> ServerInfo:
+        """Stop the agent and the datastore (gracefully, then by force); the volume stays."""
+        ...
+
+    def start_server(self, instance_id: str) -> ServerInfo:
+        """Boot a stopped (or crashed) server again; a running one is left alone."""
+        ...
+
+    def reboot_server(self, instance_id: str) -> ServerInfo:
+        """Stop then start: every process of the server is replaced."""
+        ...
+
+    def delete_server(self, instance_id: str, *, keep_volume: bool = False) -> None:
+        """Remove the server and everything it holds (processes, address, limits, volume).
+
+        With `keep_volume` the volume survives, detached, under the server's `volume_id`.
+        """
+        ...
+
+    def resize_volume(self, instance_id: str, new_gb: int) -> ServerInfo:
+        """Grow the data volume to `new_gb` (never shrink), keeping its data; may stop the
+        server for the duration and restarts it if it was running."""
+        ...
+
+    def resize_flavor(self, instance_id: str, flavor: FlavorLike) -> ServerInfo:
+        """Give the server the RAM and CPU of `flavor`."""
+        ...
+
+    def adopt(self) -> list[ServerInfo]:
+        """After a control-plane restart: take charge of the servers that already exist and
+        report each one's state (`agent_alive`); running servers are not disturbed."""
+        ...
+
+    def orphans(self, known_instance_ids: Iterable[str]) -> list[ServerInfo]:
+        """Servers this adapter made whose instance is not among `known_instance_ids`."""
+        ...
+
+    def reap(self, instance_id: str) -> None:
+        """Delete an orphan server, volume included."""
+        ...
