@@ -1,0 +1,300 @@
+"""Fixtures shared by the contract suites, and the store adapters the store suites run against.
+
+`test_state_store.py` and `test_blob_store.py` run every test once per backend listed in
+`STATE_STORE_BACKENDS` / `BLOB_STORE_BACKENDS`. To put another adapter (Swift, S3) under a suite,
+write a factory: a generator taking the pytest request (so it can ask for a server fixture) that
+yields a backend and cleans up after, and add it to the dict.
+
+A backend is a small picklable description of where the data lives (a frozen dataclass of paths
+and addresses). `open()` makes a new adapter on the same data: that is how the restart tests
+"reopen" a store, and how child processes (started with `spawn`) get adapters of their own.
+The `damage_*` hooks break stored bytes the way a bad disk or a half-finished copy would, so the
+suites can check that corruption is reported, never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from hashlib import sha256
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import psutil
+import pytest
+
+from shared.adapters.local.blob_store import DirectoryBlobStore
+from shared.adapters.local.state_store import DirectoryStateStore, Durability
+from shared.clock import ManualClock
+from shared.errors import ConflictError
+from shared.ports import JSON, BlobStore, Clock, StateStore
+
+# Children start from a clean interpreter: no inherited locks, descriptors or threads.
+SPAWN = multiprocessing.get_context("spawn")
+
+Damage = Literal["truncate", "tamper"]
+
+# Keys every store must refuse (KEY_PATTERN, and at most 512 characters).
+INVALID_KEYS = [
+    "",
+    "/a",
+    "a/",
+    "a//b",
+    "a/../b",
+    "..",
+    "a..b",
+    "a b",
+    "a\x00b",
+    "a\nb",
+    "caf\u00e9",
+    "a:b",
+    "a\\b",
+    "x" * 513,
+]
+
+
+class StateStoreBackend(Protocol):
+    """A picklable description of one state store's data."""
+
+    def open(self, clock: Clock | None = None) -> StateStore:
+        """A new adapter on the data; `clock` judges lease expiry (the system clock if None)."""
+        ...
+
+    def damage_latest_revision(self, key: str, how: Damage) -> None:
+        """'truncate' cuts the stored revision in half; 'tamper' changes its data in a way
+        that still parses but no longer matches the checksum written with it."""
+        ...
+
+    def without_fsync(self) -> StateStoreBackend:
+        """The same data, opened in the adapter's fastest mode that is still atomic across
+        processes (the local store without fsync); a backend with no such mode returns itself.
+        For tests about concurrency, whose subject is atomicity, not surviving power loss."""
+        ...
+
+
+class BlobStoreBackend(Protocol):
+    """A picklable description of one blob store's data."""
+
+    def open(self) -> BlobStore: ...
+
+    def damage_object(self, key: str) -> None:
+        """Change one stored byte of the object, leaving its size and recorded sha256 alone."""
+        ...
+
+
+# --------------------------------------------------------------------------- local backends
+@dataclass(frozen=True)
+class DirectoryStateBackend:
+    root: Path
+    durability: Durability = Durability.DATA  # the store's default
+
+    def open(self, clock: Clock | None = None) -> StateStore:
+        return DirectoryStateStore(self.root, clock, durability=self.durability)
+
+    def without_fsync(self) -> StateStoreBackend:
+        return replace(self, durability=Durability.NONE)
+
+    def damage_latest_revision(self, key: str, how: Damage) -> None:
+        path = DirectoryStateStore(self.root).latest_revision_path(key)
+        assert path is not None, f"{key} has no revision to damage"
+        raw = path.read_bytes()
+        if how == "truncate":
+            path.write_bytes(raw[: len(raw) // 2])
+        else:
+            envelope = json.loads(raw)
+            envelope["data"] = {"tampered": True}
+            path.write_bytes(json.dumps(envelope, sort_keys=True).encode())
+
+
+@dataclass(frozen=True)
+class DirectoryBlobBackend:
+    root: Path
+
+    def open(self) -> BlobStore:
+        return DirectoryBlobStore(self.root)
+
+    def damage_object(self, key: str) -> None:
+        path = DirectoryBlobStore(self.root).data_path(key)
+        with open(path, "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 0xFF]))
+
+
+def directory_state_backend(request: pytest.FixtureRequest) -> Iterator[StateStoreBackend]:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    yield DirectoryStateBackend(tmp_path / "state")  # tmp_path removes the files
+
+
+def directory_blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStoreBackend]:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    yield DirectoryBlobBackend(tmp_path / "blobs")
+
+
+STATE_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[StateStoreBackend]]] = {
+    "directory": directory_state_backend,
+}
+BLOB_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[BlobStoreBackend]]] = {
+    "directory": directory_blob_backend,
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(params=sorted(STATE_STORE_BACKENDS))
+def state_backend(request: pytest.FixtureRequest) -> Iterator[StateStoreBackend]:
+    yield from STATE_STORE_BACKENDS[request.param](request)
+
+
+@pytest.fixture(params=sorted(BLOB_STORE_BACKENDS))
+def blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStoreBackend]:
+    yield from BLOB_STORE_BACKENDS[request.param](request)
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def state_store(state_backend: StateStoreBackend, manual_clock: ManualClock) -> StateStore:
+    """A store whose leases expire only when the test moves `manual_clock`."""
+    return state_backend.open(manual_clock)
+
+
+@pytest.fixture
+def blob_store(blob_backend: BlobStoreBackend) -> BlobStore:
+    return blob_backend.open()
+
+
+# --------------------------------------------------------------------------- child processes
+@contextmanager
+def spawned(
+    target: Callable[..., None], args_per_child: Sequence[tuple[Any, ...]]
+) -> Iterator[list[SpawnProcess]]:
+    """Start one spawned child per argument tuple; whatever happens, none outlives the block."""
+    children = [SPAWN.Process(target=target, args=args, daemon=True) for args in args_per_child]
+    try:
+        for child in children:
+            child.start()
+        yield children
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+            child.join(10)
+
+
+def join_all(children: Sequence[SpawnProcess], timeout: float) -> None:
+    """Wait (up to `timeout` in all) for every child to exit, and require that each succeeded."""
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    codes = [child.exitcode for child in children]
+    assert codes == [0] * len(children), f"child exit codes: {codes}"
+
+
+# Module-level functions so that spawned children can import them.
+
+
+def increment_counter(
+    backend: StateStoreBackend, key: str, increments: int, start: EventType, report: Connection
+) -> None:
+    """Add 1 to `key`'s "n" `increments` times by get + compare-and-swap, retrying on conflict.
+
+    Reports how many conflicts it met. Waits for `start` so that all children contend at once.
+    """
+    store = backend.open()
+    store.get(key)  # open files and warm up before the start line
+    if not start.wait(120):
+        raise TimeoutError("no start signal")
+    conflicts = 0
+    for _ in range(increments):
+        while True:
+            record = store.get(key)
+            assert record is not None
+            os.sched_yield()  # let the others run between our read and our write: races
+            try:
+                store.put(key, {"n": record.data["n"] + 1}, record.revision)
+                break
+            except ConflictError as exc:
+                assert exc.key == key
+                conflicts += 1
+    report.send(conflicts)
+
+
+def write_records(backend: StateStoreBackend, records: dict[str, JSON]) -> None:
+    """Create each record (revision 1), then update it once (revision 2), then exit."""
+    store = backend.open()
+    for key, data in records.items():
+        first = store.put(key, data, 0)
+        store.put(key, {**data, "updated": True}, first.revision)
+
+
+def read_records(backend: StateStoreBackend, keys: Sequence[str], report: Connection) -> None:
+    store = backend.open()
+    found = {}
+    for key in keys:
+        record = store.get(key)
+        found[key] = None if record is None else (record.revision, record.data)
+    report.send(found)
+
+
+def generated_chunks(total_bytes: int, chunk_bytes: int, seen: Any) -> Iterator[bytes]:
+    """`total_bytes` of varied bytes, `chunk_bytes` at a time, hashed into `seen` as produced."""
+    block = sha256(b"troveless").digest() * (chunk_bytes // 32 + 1)
+    sent = 0
+    counter = 0
+    while sent < total_bytes:
+        size = min(chunk_bytes, total_bytes - sent)
+        chunk = counter.to_bytes(8, "big") + block[8:size]
+        chunk = chunk[:size]
+        seen.update(chunk)
+        sent += size
+        counter += 1
+        yield chunk
+
+
+def put_and_get_measuring_memory(
+    backend: BlobStoreBackend, key: str, total_bytes: int, chunk_bytes: int, report: Connection
+) -> None:
+    """Stream a generated object in and back out; report the hashes and the peak RSS growth."""
+    store = backend.open()
+    warm = sha256()
+    for _ in generated_chunks(2 * chunk_bytes, chunk_bytes, warm):
+        pass  # allocate what the generator needs before the baseline
+    # Growth is measured from the memory in use now, not from the peak so far (which may be
+    # higher after start-up), so that nothing the streaming adds can hide under an old peak.
+    baseline_bytes = psutil.Process().memory_info().rss
+    sent = sha256()
+    info = store.put(key, generated_chunks(total_bytes, chunk_bytes, sent), {"kind": "test"})
+    received = sha256()
+    read = 0
+    for chunk in store.get(key):
+        received.update(chunk)
+        read += len(chunk)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report.send(
+        {
+            "growth_bytes": peak_kb * 1024 - baseline_bytes,
+            "sent_sha256": sent.hexdigest(),
+            "stored_sha256": info.sha256,
+            "stored_size": info.size,
+            "received_sha256": received.hexdigest(),
+            "received_size": read,
+        }
+    )
+
+
+def put_blobs(backend: BlobStoreBackend, blobs: dict[str, bytes]) -> None:
+    store = backend.open()
+    for key, data in blobs.items():
+        store.put(key, [data[: len(data) // 2], data[len(data) // 2 :]], {"origin": "child"})
