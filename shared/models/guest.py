@@ -205,6 +205,10 @@ class Heartbeat(SignedMessage):
     disk_used_bytes: int = Field(ge=0)
     disk_total_bytes: int = Field(ge=0)
     replication: ReplicationState = Field(default_factory=ReplicationState)
+    # What the health probe found, for operators ("process 1234 exited without being stopped").
+    datastore_detail: str | None = Field(default=None, max_length=500)
+    # Commands the guest refused since its volume was made, per reason (forged, replayed...).
+    rejected_commands: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _disk_consistent(self) -> Heartbeat:

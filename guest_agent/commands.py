@@ -1,0 +1,305 @@
+"""What each guest command does: its arguments, the datastore manager call, and its result.
+
+Arguments are checked for shape here (a wrong shape is `InvalidArguments`, naming the field);
+names and values are checked by the manager against its datastore's rules (`NameRuleError`,
+`OverrideRuleError`). Passwords arrive sealed (`encrypted_password`) and are opened only to be
+handed to the manager; a password going back (enable_root) is sealed again. Results are plain
+JSON without secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from pydantic import Field, JsonValue, ValidationError
+
+from guest_agent.datastores.base import DatastoreManager
+from shared.errors import TrovelessError
+from shared.models.base import DomainModel, EncryptedBlob
+from shared.models.guest import GuestCommandName
+from shared.rules.names import validate_database_request, validate_user_request
+
+Host = Annotated[str, Field(min_length=1, max_length=255)]
+Text = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class CommandRefusedError(TrovelessError):
+    """A command refused by the agent itself; `error_type` is what the result reports."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class _Args(DomainModel):
+    """Base of argument models: unknown keys are refused (a typo must not be ignored)."""
+
+
+class _NoArgs(_Args):
+    pass
+
+
+class _PrepareArgs(_Args):
+    databases: list[dict[str, JsonValue]] = Field(default_factory=list)
+    users: list[dict[str, JsonValue]] = Field(default_factory=list)
+    overrides: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class _DatabasesArgs(_Args):
+    databases: list[dict[str, JsonValue]] = Field(min_length=1)
+
+
+class _NameArgs(_Args):
+    name: Text
+
+
+class _UsersArgs(_Args):
+    users: list[dict[str, JsonValue]] = Field(min_length=1)
+
+
+class _UserArgs(_Args):
+    name: Text
+    host: Host = "%"
+
+
+class _UpdateUserArgs(_Args):
+    name: Text
+    host: Host = "%"
+    encrypted_password: EncryptedBlob
+
+
+class _AccessArgs(_Args):
+    user: Text
+    host: Host = "%"
+
+
+class _GrantArgs(_AccessArgs):
+    databases: list[Text] = Field(min_length=1)
+
+
+class _RevokeArgs(_AccessArgs):
+    database: Text
+
+
+class _OverridesArgs(_Args):
+    overrides: dict[str, JsonValue]
+
+
+class _SealedUser(_Args):
+    name: JsonValue = None
+    host: JsonValue = None
+    databases: JsonValue = None
+    encrypted_password: EncryptedBlob
+
+
+@dataclass
+class CommandContext:
+    """What commands need besides their arguments."""
+
+    manager: DatastoreManager
+    open_password: Callable[[str], str]
+    seal_password: Callable[[str], str]
+    # prepare: generates and stores the admin password, returns it for the manager
+    admin_password_for_prepare: Callable[[], str]
+    volume_info: Callable[[], dict[str, Any]]
+
+
+ArgsModel = TypeVar("ArgsModel", bound=_Args)
+
+
+def _parse(model: type[ArgsModel], args: dict[str, JsonValue]) -> ArgsModel:
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise CommandRefusedError("InvalidArguments", f"args.{where}: {first['msg']}") from None
+
+
+def _open_users(ctx: CommandContext, users: list[dict[str, JsonValue]]) -> list[dict[str, Any]]:
+    """Users as the manager takes them: the sealed password opened, keys otherwise unchanged
+    (the manager's rules check names, hosts and databases)."""
+    opened = []
+    for i, raw in enumerate(users):
+        try:
+            user = _SealedUser.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise CommandRefusedError(
+                "InvalidArguments", f"args.users[{i}].{where}: {first['msg']}"
+            ) from None
+        entry: dict[str, Any] = {
+            k: v for k, v in raw.items() if k != "encrypted_password" and v is not None
+        }
+        entry["password"] = ctx.open_password(user.encrypted_password)
+        opened.append(entry)
+    return opened
+
+
+def _prepare(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_PrepareArgs, args)
+    users = _open_users(ctx, parsed.users)
+    ctx.manager.prepare(
+        admin_password=ctx.admin_password_for_prepare(),
+        databases=list(parsed.databases),
+        users=users,
+        overrides=dict(parsed.overrides),
+    )
+    return {"datastore": ctx.manager.datastore, "volume": ctx.volume_info()}
+
+
+def _create_database(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_DatabasesArgs, args)
+    datastore = ctx.manager.datastore
+    checked = [
+        validate_database_request(datastore, db, field=f"databases[{i}]")
+        for i, db in enumerate(parsed.databases)
+    ]
+    for db in checked:
+        ctx.manager.create_database(db["name"], db["character_set"], db["collate"])
+    return {"databases": [db["name"] for db in checked]}
+
+
+def _delete_database(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    ctx.manager.delete_database(_parse(_NameArgs, args).name)
+    return None
+
+
+def _list_databases(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    databases: list[JsonValue] = [dict(db) for db in ctx.manager.list_databases()]
+    return {"databases": databases}
+
+
+def _create_user(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_UsersArgs, args)
+    datastore = ctx.manager.datastore
+    checked = [
+        validate_user_request(datastore, user, field=f"users[{i}]")
+        for i, user in enumerate(_open_users(ctx, parsed.users))
+    ]
+    for user in checked:
+        ctx.manager.create_user(user["name"], user["password"], user["host"], user["databases"])
+    return {"users": [{"name": u["name"], "host": u["host"]} for u in checked]}
+
+
+def _update_user(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_UpdateUserArgs, args)
+    ctx.manager.change_password(
+        parsed.name, ctx.open_password(parsed.encrypted_password), parsed.host
+    )
+    return None
+
+
+def _delete_user(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_UserArgs, args)
+    ctx.manager.delete_user(parsed.name, parsed.host)
+    return None
+
+
+def _list_users(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    users: list[JsonValue] = [dict(user) for user in ctx.manager.list_users()]
+    return {"users": users}
+
+
+def _grant_access(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_GrantArgs, args)
+    ctx.manager.grant_access(parsed.user, list(parsed.databases), parsed.host)
+    return None
+
+
+def _revoke_access(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_RevokeArgs, args)
+    ctx.manager.revoke_access(parsed.user, parsed.database, parsed.host)
+    return None
+
+
+def _list_access(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_AccessArgs, args)
+    return {"databases": list(ctx.manager.list_access(parsed.user, parsed.host))}
+
+
+def _enable_root(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    return {"encrypted_password": ctx.seal_password(ctx.manager.enable_root())}
+
+
+def _is_root_enabled(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    return {"enabled": ctx.manager.root_enabled()}
+
+
+def _update_overrides(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    parsed = _parse(_OverridesArgs, args)
+    return {"restart_required": ctx.manager.update_overrides(dict(parsed.overrides))}
+
+
+def _restart(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    ctx.manager.restart()
+    return None
+
+
+def _stop(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    ctx.manager.stop()
+    return None
+
+
+def _start(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    ctx.manager.start()
+    return None
+
+
+def _get_volume_info(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    return ctx.volume_info()
+
+
+Handler = Callable[[CommandContext, dict[str, JsonValue]], JsonValue]
+
+HANDLERS: dict[GuestCommandName, Handler] = {
+    GuestCommandName.PREPARE: _prepare,
+    GuestCommandName.CREATE_DATABASE: _create_database,
+    GuestCommandName.DELETE_DATABASE: _delete_database,
+    GuestCommandName.LIST_DATABASES: _list_databases,
+    GuestCommandName.CREATE_USER: _create_user,
+    GuestCommandName.UPDATE_USER: _update_user,
+    GuestCommandName.DELETE_USER: _delete_user,
+    GuestCommandName.LIST_USERS: _list_users,
+    GuestCommandName.GRANT_ACCESS: _grant_access,
+    GuestCommandName.REVOKE_ACCESS: _revoke_access,
+    GuestCommandName.LIST_ACCESS: _list_access,
+    GuestCommandName.ENABLE_ROOT: _enable_root,
+    GuestCommandName.IS_ROOT_ENABLED: _is_root_enabled,
+    GuestCommandName.UPDATE_OVERRIDES: _update_overrides,
+    # One call persists the overrides and applies what can be applied live.
+    GuestCommandName.APPLY_OVERRIDES: _update_overrides,
+    GuestCommandName.RESTART: _restart,
+    GuestCommandName.STOP: _stop,
+    GuestCommandName.START: _start,
+    GuestCommandName.GET_VOLUME_INFO: _get_volume_info,
+}
+
+# Commands whose success leaves the datastore running / stopped (the agent's intent).
+STARTS_DATASTORE = frozenset(
+    {GuestCommandName.PREPARE, GuestCommandName.START, GuestCommandName.RESTART}
+)
+STOPS_DATASTORE = frozenset({GuestCommandName.STOP})
+
+
+def execute(ctx: CommandContext, name: GuestCommandName, args: dict[str, JsonValue]) -> JsonValue:
+    """Run one command; raises CommandRefusedError (or the manager's errors) when it fails."""
+    handler = HANDLERS.get(name)
+    if handler is None:
+        raise CommandRefusedError(
+            "CommandNotImplemented",
+            f"{name.value}: this guest agent does not implement it yet "
+            "(backups, restores, replication and file-system resize come with later releases)",
+        )
+    return handler(ctx, args)
