@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Debian's interpreter, not a per-user one under /root: the guest agent runs from this venv as an
+# unprivileged user, who must be able to execute it.
+BASE_PYTHON := $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
 STAMPS := .stamps
 APT_PACKAGES := mariadb-server mariadb-client mariadb-backup postgresql-15 postgresql-contrib-15 \
 	redis-server zstd memcached e2fsprogs util-linux iproute2 python3-venv
@@ -21,9 +24,11 @@ $(STAMPS)/apt:
 	fi
 	@touch $@
 
-$(STAMPS)/venv: pyproject.toml
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ -x $(PY) ] && [ "$$(readlink -f $(PY))" != "$$(readlink -f $(BASE_PYTHON))" ]; then \
+	  echo "recreating $(VENV) on $(BASE_PYTHON)"; rm -rf $(VENV); fi
+	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q -U pip
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -45,7 +50,7 @@ unit: $(STAMPS)/venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: deps
-	$(PY) -m infra.local.demo
+	TROVELESS_LOG_LEVEL=WARNING $(PY) -m infra.local.demo
 
 bench: deps
 	$(PY) -m bench
