@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from infra.cli.sfn import sfn_app
 from shared.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -14,6 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(sfn_app, name="sfn")
 
 
 @app.callback()
