@@ -81,3 +81,48 @@ class ComputeError(TrovelessError):
 
 class ComputeRequestError(ComputeError, ValueError):
     """A compute request that cannot succeed as asked (unknown zone, shrinking a volume...)."""
+
+
+class RequestError(TrovelessError, ValueError):
+    """A request that cannot be done as asked; the API answers `status` with `field` and `rule`.
+
+    400 for malformed input, 422 for well-formed input that breaks a rule (a configuration value
+    out of range, a restore into too small a volume).
+    """
+
+    def __init__(self, field: str, rule: str, *, status: int = 400) -> None:
+        self.field = field
+        self.rule = rule
+        self.status = status
+        super().__init__(f"{field}: {rule}")
+
+
+class QuotaExceededError(TrovelessError):
+    """A project would go over a quota (Trove answers 413 overLimit)."""
+
+    def __init__(self, resource: str, limit: int, in_use: int, requested: int) -> None:
+        self.resource = resource
+        self.limit = limit
+        self.in_use = in_use
+        self.requested = requested
+        super().__init__(
+            f"quota exceeded for {resource}: limit {limit}, in use {in_use}, requested {requested}"
+        )
+
+
+class ActionInProgressError(TrovelessError):
+    """Another action is under way on the resource (409)."""
+
+    def __init__(self, resource_id: str, action: str) -> None:
+        self.resource_id = resource_id
+        self.action = action
+        super().__init__(f"{resource_id} is busy: {action} in progress; retry when it ends")
+
+
+class NotSupportedError(TrovelessError):
+    """A capability that exists in Trove's API but is not available here yet (501)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what} is not supported: {reason}")

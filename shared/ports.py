@@ -335,3 +335,28 @@ class Compute(Protocol):
     def reap(self, instance_id: str) -> None:
         """Delete an orphan server, volume included."""
         ...
+
+
+# --------------------------------------------------------------------------- Workflows
+@runtime_checkable
+class Workflows(Protocol):
+    """Starts and answers state-machine executions (the embedded engine, or Step Functions).
+
+    `state_machine` is a definition's name in state_machines/ without `.asl.json`
+    (e.g. "provision_instance"). `name` makes a start idempotent: starting the same name twice
+    returns the first execution's ARN.
+    """
+
+    def start(self, state_machine: str, input_value: JSON, *, name: str | None = None) -> str:
+        """Start an execution; returns its ARN."""
+        ...
+
+    def describe(self, execution_arn: str) -> JSON:
+        """Step Functions' DescribeExecution shape: status, input, output, error, cause, dates."""
+        ...
+
+    def send_task_success(self, task_token: str, output: JSON) -> None: ...
+
+    def send_task_failure(self, task_token: str, error: str, cause: str) -> None: ...
+
+    def send_task_heartbeat(self, task_token: str) -> None: ...

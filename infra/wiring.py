@@ -1,0 +1,108 @@
+"""Composition root: builds the functions' Runtime for a profile from Settings.
+
+Only the local profile is wired so far; the OpenStack (Swift, Zaqar, Nova) and AWS (S3, SQS,
+EC2, Step Functions) adapters plug in here.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from functions.runtime import Runtime
+from infra.local.cloud import LocalCloud
+from shared.adapters.local.workflows import EngineWorkflows
+from shared.engine.durable import DurableDriver
+from shared.engine.errors import UnknownResourceError
+from shared.engine.invoker import InProcessInvoker, lookup_names
+from shared.engine.service import ExecutionService
+from shared.errors import TrovelessError
+from shared.settings import Profile, Settings
+
+FUNCTIONS_PACKAGE = "functions"
+MASTER_KEY_FILE = "master.key"
+
+
+class WiringError(TrovelessError):
+    """A profile cannot be wired (missing adapter or setting); the message says which."""
+
+
+class FunctionsInvoker(InProcessInvoker):
+    """Resolves `fn:module.function` to `functions.module.function`, imported on first use."""
+
+    def resolve(self, resource: str) -> tuple[Callable[..., Any], bool]:
+        try:
+            return super().resolve(resource)
+        except UnknownResourceError:
+            pass
+        for name in lookup_names(resource):
+            bare = name.removeprefix("fn:")
+            module_name, _, attr = bare.rpartition(".")
+            if not module_name or name.startswith("arn:"):
+                continue
+            try:
+                module = importlib.import_module(f"{FUNCTIONS_PACKAGE}.{module_name}")
+            except ModuleNotFoundError:
+                continue
+            function = getattr(module, attr, None)
+            if callable(function):
+                self.register(resource, function)
+                return super().resolve(resource)
+        raise UnknownResourceError(resource)
+
+
+def local_master_key(data_dir: Path) -> bytes:
+    """The local profile's master key: created once (0600) beside the data it protects."""
+    path = data_dir / MASTER_KEY_FILE
+    try:
+        return base64.b64decode(path.read_text().strip(), validate=True)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(key).decode())
+    return key
+
+
+def master_key(settings: Settings) -> bytes:
+    if settings.master_key is not None:
+        try:
+            key = base64.b64decode(settings.master_key.get_secret_value(), validate=True)
+        except ValueError:
+            raise WiringError("master_key (TROVELESS_MASTER_KEY): not base64") from None
+        if len(key) != 32:
+            raise WiringError("master_key (TROVELESS_MASTER_KEY): must decode to 32 bytes")
+        return key
+    if settings.profile is Profile.LOCAL:
+        return local_master_key(settings.data_dir)
+    raise WiringError("master_key (TROVELESS_MASTER_KEY) is required outside the local profile")
+
+
+def build_local(settings: Settings) -> tuple[Runtime, LocalCloud, DurableDriver]:
+    """The embedded cloud's runtime, plus the pieces `troveless up` drives (queue triggers)."""
+    cloud = LocalCloud.from_settings(settings)
+    driver = DurableDriver(cloud.state, cloud.queue, FunctionsInvoker(), cloud.clock)
+    workflows = EngineWorkflows(ExecutionService(driver), settings.state_machines_dir)
+    runtime = Runtime(
+        settings=settings,
+        clock=cloud.clock,
+        store=cloud.state,
+        blobs=cloud.blobs,
+        queue=cloud.queue,
+        compute=cloud.compute,
+        workflows=workflows,
+        master_key=master_key(settings),
+    )
+    return runtime, cloud, driver
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    if settings.profile is Profile.LOCAL:
+        return build_local(settings)[0]
+    raise WiringError(f"profile {settings.profile.value!r} is not wired yet")
