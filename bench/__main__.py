@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-BENCHMARKS = ["store", "queue", "engine", "prepare"]
+BENCHMARKS = ["store", "queue", "engine", "prepare", "server"]
 
 
 def _fmt(value: Any) -> str:

@@ -1,14 +1,20 @@
-"""Datastore managers behind one interface (`DatastoreManager`), looked up by datastore type."""
+"""Datastore managers behind one interface (`DatastoreManager`), looked up by datastore type.
+
+Each manager's module (and its driver: PyMySQL, psycopg, redis-py) is imported only when asked
+for: a guest runs one datastore, and its boot time is part of every provision.
+"""
 
 from __future__ import annotations
 
-from guest_agent.datastores.base import DatastoreError, DatastoreManager
-from guest_agent.datastores.mariadb import MariaDBManager
-from guest_agent.datastores.postgresql import PostgreSQLManager
-from guest_agent.datastores.redis import RedisManager
+import importlib
 
-MANAGERS: dict[str, type[DatastoreManager]] = {
-    manager.datastore: manager for manager in (MariaDBManager, PostgreSQLManager, RedisManager)
+from guest_agent.datastores.base import DatastoreError, DatastoreManager
+
+# datastore type -> (module, class)
+MANAGER_CLASSES: dict[str, tuple[str, str]] = {
+    "mariadb": ("guest_agent.datastores.mariadb", "MariaDBManager"),
+    "postgresql": ("guest_agent.datastores.postgresql", "PostgreSQLManager"),
+    "redis": ("guest_agent.datastores.redis", "RedisManager"),
 }
 
 
@@ -19,12 +25,14 @@ class UnknownDatastoreError(DatastoreError, ValueError):
 def manager_for(datastore_type: str) -> type[DatastoreManager]:
     """The manager class for "mariadb", "postgresql" or "redis"."""
     try:
-        return MANAGERS[datastore_type]
+        module_name, class_name = MANAGER_CLASSES[datastore_type]
     except KeyError:
-        known = ", ".join(sorted(MANAGERS))
+        known = ", ".join(sorted(MANAGER_CLASSES))
         raise UnknownDatastoreError(
             f"no manager for datastore {datastore_type!r} (known: {known})"
         ) from None
+    manager: type[DatastoreManager] = getattr(importlib.import_module(module_name), class_name)
+    return manager
 
 
-__all__ = ["MANAGERS", "DatastoreManager", "UnknownDatastoreError", "manager_for"]
+__all__ = ["MANAGER_CLASSES", "DatastoreManager", "UnknownDatastoreError", "manager_for"]
