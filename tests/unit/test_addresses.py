@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 from pathlib import Path
 
 import pytest
 
-from shared.adapters.local.addresses import AddressPool, AddressPoolExhaustedError
+from shared.adapters.local.addresses import (
+    AddressPool,
+    AddressPoolExhaustedError,
+    listening_addresses,
+)
 
 
 def test_skips_reserved_last_octets_and_hands_out_the_lowest_free(tmp_path: Path) -> None:
@@ -92,3 +97,15 @@ def test_concurrent_processes_never_get_the_same_address(tmp_path: Path) -> None
     everything = [a for batch in results for a in batch]
     assert len(everything) == len(set(everything)) == 120
     assert len(AddressPool(tmp_path, "127.10.200.0/24").claims()) == 120
+
+
+def test_an_address_something_listens_on_is_skipped(tmp_path: Path) -> None:
+    pool = AddressPool(tmp_path / "claims", "127.77.0.0/24")
+    busy = "127.77.0.2"  # the pool's lowest usable address
+    with socket.socket() as server:
+        server.bind((busy, 0))
+        server.listen()
+        assert busy in listening_addresses()
+        assert pool.allocate("a") == "127.77.0.3"
+    assert busy not in listening_addresses()
+    assert pool.allocate("b") == busy

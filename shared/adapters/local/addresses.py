@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -85,7 +86,12 @@ class AddressPool:
             for address, holder in claims.items():
                 if holder == owner and self._in_pool(address):
                     return address
+            # Another control plane with its own claims directory (a second data dir, a test)
+            # may already serve from an address: never hand out one something listens on.
+            listening = listening_addresses()
             for address in self.usable():
+                if address in listening:
+                    continue
                 claimed_by = claims.get(address)
                 if claimed_by is not None:
                     if self._is_live(claimed_by):
@@ -153,3 +159,20 @@ class AddressPool:
             yield
         finally:
             os.close(fd)
+
+
+def listening_addresses() -> set[str]:
+    """IPv4 addresses with a TCP socket in LISTEN state on this host (from /proc/net/tcp)."""
+    found: set[str] = set()
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table, None)  # header
+            for line in table:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # 0A = LISTEN
+                    hex_address = fields[1].split(":", 1)[0]
+                    # The kernel prints the network-order word as a host-order number.
+                    found.add(str(ipaddress.IPv4Address(socket.ntohl(int(hex_address, 16)))))
+    except OSError:
+        pass
+    return found
