@@ -45,8 +45,9 @@ def _server_path(cloud: LocalCloud, pump: EventPump, secrets: dict[str, bytes], 
         pump.call(client, "prepare", {"databases": [], "users": []})
         return time.perf_counter() - started
     except Exception:
-        log = cloud.compute.root / "servers" / instance_id / "agent.log"
-        print(log.read_text()[-4000:] if log.exists() else "no agent log")
+        server_dir = cloud.compute.root / "servers" / instance_id
+        for log in [server_dir / "agent.log", *sorted((server_dir / "data" / "log").glob("*"))]:
+            print(f"--- {log}\n{log.read_text()[-3000:]}" if log.is_file() else f"--- no {log}")
         raise
     finally:
         cloud.compute.delete_server(instance_id)
