@@ -448,6 +448,8 @@ class GuestAgent:
             seal_password=self._seal_password,
             admin_password_for_prepare=self._admin_password_for_prepare,
             volume_info=self.volume_info,
+            blobs=self.blobs,
+            now=self._clock.time,
         )
 
     def _open_password(self, sealed: str) -> str:

@@ -9,16 +9,19 @@ JSON without secrets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, JsonValue, ValidationError
 
+from guest_agent.datastores import logs as guest_logs
 from guest_agent.datastores.base import DatastoreManager
 from shared.errors import TrovelessError
 from shared.models.base import DomainModel, EncryptedBlob
 from shared.models.guest import GuestCommandName
+from shared.ports import BlobStore
 from shared.rules.names import validate_database_request, validate_user_request
 
 Host = Annotated[str, Field(min_length=1, max_length=255)]
@@ -87,6 +90,13 @@ class _OverridesArgs(_Args):
     overrides: dict[str, JsonValue]
 
 
+class _LogActionArgs(_Args):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    actions: list[Literal["enable", "disable", "discard", "publish"]] = Field(min_length=1)
+    # Where published objects go: chosen (and signed) by the control plane.
+    blob_prefix: Annotated[str, Field(pattern=r"^logs(/[A-Za-z0-9._-]+){1,8}$", max_length=400)]
+
+
 class _SealedUser(_Args):
     name: JsonValue = None
     host: JsonValue = None
@@ -104,6 +114,8 @@ class CommandContext:
     # prepare: generates and stores the admin password, returns it for the manager
     admin_password_for_prepare: Callable[[], str]
     volume_info: Callable[[], dict[str, Any]]
+    blobs: BlobStore | None = None  # for publishing logs (and, later, backups)
+    now: Callable[[], float] = field(default=time.time)
 
 
 ArgsModel = TypeVar("ArgsModel", bound=_Args)
@@ -228,6 +240,12 @@ def _enable_root(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
     return {"encrypted_password": ctx.seal_password(ctx.manager.enable_root())}
 
 
+def _disable_root(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    ctx.manager.disable_root()
+    return None
+
+
 def _is_root_enabled(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
     _parse(_NoArgs, args)
     return {"enabled": ctx.manager.root_enabled()}
@@ -261,6 +279,39 @@ def _get_volume_info(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonVal
     return ctx.volume_info()
 
 
+def _guest_log_list(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    _parse(_NoArgs, args)
+    logs: list[JsonValue] = [dict(entry) for entry in guest_logs.list_logs(ctx.manager)]
+    return {"logs": logs}
+
+
+def _guest_log_action(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    """Switch, discard and publish one log, in that order; returns the log's new state and
+    the key of the object a publish made (None when there was nothing new)."""
+    parsed = _parse(_LogActionArgs, args)
+    if "enable" in parsed.actions and "disable" in parsed.actions:
+        raise CommandRefusedError("InvalidArguments", "args.actions: both enable and disable")
+    guest_logs.describe(ctx.manager, parsed.name)  # NotFoundError for an unknown log
+    for switch in ("enable", "disable"):
+        if switch in parsed.actions:
+            try:
+                guest_logs.set_enabled(ctx.manager, parsed.name, switch == "enable")
+            except ValueError as exc:
+                raise CommandRefusedError("InvalidArguments", str(exc)) from None
+    published: str | None = None
+    if "discard" in parsed.actions or "publish" in parsed.actions:
+        if ctx.blobs is None:
+            raise CommandRefusedError("NoBlobStore", "this guest has no blob store configured")
+        if "discard" in parsed.actions:
+            guest_logs.discard(ctx.manager, ctx.blobs, parsed.name, parsed.blob_prefix)
+        if "publish" in parsed.actions:
+            published = guest_logs.publish(
+                ctx.manager, ctx.blobs, parsed.name, parsed.blob_prefix, ctx.now()
+            )
+    log: dict[str, JsonValue] = dict(guest_logs.describe(ctx.manager, parsed.name))
+    return {"log": log, "published_key": published}
+
+
 Handler = Callable[[CommandContext, dict[str, JsonValue]], JsonValue]
 
 HANDLERS: dict[GuestCommandName, Handler] = {
@@ -276,6 +327,7 @@ HANDLERS: dict[GuestCommandName, Handler] = {
     GuestCommandName.REVOKE_ACCESS: _revoke_access,
     GuestCommandName.LIST_ACCESS: _list_access,
     GuestCommandName.ENABLE_ROOT: _enable_root,
+    GuestCommandName.DISABLE_ROOT: _disable_root,
     GuestCommandName.IS_ROOT_ENABLED: _is_root_enabled,
     GuestCommandName.UPDATE_OVERRIDES: _update_overrides,
     # One call persists the overrides and applies what can be applied live.
@@ -284,6 +336,8 @@ HANDLERS: dict[GuestCommandName, Handler] = {
     GuestCommandName.STOP: _stop,
     GuestCommandName.START: _start,
     GuestCommandName.GET_VOLUME_INFO: _get_volume_info,
+    GuestCommandName.GUEST_LOG_LIST: _guest_log_list,
+    GuestCommandName.GUEST_LOG_ACTION: _guest_log_action,
 }
 
 # Commands whose success leaves the datastore running / stopped (the agent's intent).

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,8 +21,31 @@ from pydantic_settings import (
 )
 
 from shared.errors import TrovelessError
+from shared.models.flavor import Flavor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_flavors() -> list[Flavor]:
+    # Trove-like numeric ids, so `--flavor 2` works as tenants expect.
+    return [
+        Flavor(id="1", name="tl.tiny", ram_mb=256, vcpus=1),
+        Flavor(id="2", name="tl.small", ram_mb=512, vcpus=1),
+        Flavor(id="3", name="tl.medium", ram_mb=1024, vcpus=2),
+        Flavor(id="4", name="tl.large", ram_mb=2048, vcpus=2),
+    ]
+
+
+class LocalUser(BaseModel):
+    """A user of the local profile's embedded Keystone. Without a password, one is generated
+    once and kept (0600) in the data directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    project: Annotated[str, Field(min_length=1, max_length=64)]
+    password: SecretStr | None = None
+    roles: list[str] = Field(default_factory=lambda: ["admin", "member", "reader"])
 
 
 class Profile(StrEnum):
@@ -66,6 +89,19 @@ class Settings(BaseSettings):
         default=None, description="base64 32-byte key that wraps per-backup and per-instance keys"
     )
     log_level: str = "INFO"
+    # Instance lifecycle (issue 5): what tenants can ask for, and per-project quotas.
+    flavors: list[Flavor] = Field(default_factory=_default_flavors, min_length=1)
+    max_volume_size_gb: Annotated[int, Field(ge=1)] = 100
+    quota_instances: Annotated[int, Field(ge=0)] = 10  # Trove's defaults
+    quota_volumes_gb: Annotated[int, Field(ge=0)] = 40
+    quota_backups: Annotated[int, Field(ge=0)] = 50
+    # The local profile's embedded Keystone (`troveless up`): users, region, token lifetime.
+    local_users: list[LocalUser] = Field(
+        default_factory=lambda: [LocalUser(name="admin", project="admin")], min_length=1
+    )
+    region: str = "RegionOne"
+    token_ttl_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 86400
+    guest_prepare_timeout: Annotated[int, Field(ge=1)] = 300
 
     @field_validator("heartbeat_expiry")
     @classmethod

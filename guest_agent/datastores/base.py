@@ -54,8 +54,11 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
+from guest_agent.datastores.logs import GuestLogSpec
 from shared.errors import TrovelessError
+from shared.models.configuration import ParameterType
 from shared.observability import get_logger
+from shared.rules.config_parameters import ParameterRule
 from shared.rules.names import validate_password, validate_prepare_request
 
 log = get_logger("guest_agent.datastores")
@@ -148,6 +151,7 @@ class ParameterKind(StrEnum):
     BOOL = "bool"
     SIZE = "size"  # bytes; accepts 1024, "64M", "64MB", "512kB", "1G"
     ENUM = "enum"
+    STRING = "string"  # free text that must fully match `pattern`
 
 
 _SIZE = re.compile(r"\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*")
@@ -173,6 +177,7 @@ class ConfigParameter:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     default: OverrideValue | None = None
+    pattern: str | None = None
 
     def coerce(self, value: object) -> OverrideValue:
         """The value in canonical form (int bytes for sizes...), or OverrideRuleError."""
@@ -184,6 +189,10 @@ class ConfigParameter:
             if text not in self.choices:
                 raise OverrideRuleError(self.name, f"must be one of {', '.join(self.choices)}")
             return text
+        elif self.kind is ParameterKind.STRING:
+            if not isinstance(value, str) or not re.fullmatch(self.pattern or "", value):
+                raise OverrideRuleError(self.name, f"must match {self.pattern}")
+            return value
         elif self.kind is ParameterKind.SIZE:
             result = self._size(value)
         elif self.kind is ParameterKind.INT:
@@ -228,6 +237,34 @@ class ConfigParameter:
         if match is None:
             raise OverrideRuleError(self.name, "must be a size in bytes, or with a unit: 64M, 1G")
         return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parameters_from_rules(rules: Mapping[str, ParameterRule]) -> dict[str, ConfigParameter]:
+    """The guest's override table built from the control plane's rules, so both accept the
+    same keys: integers in bytes become sizes, strings with a fixed list become enums."""
+    table: dict[str, ConfigParameter] = {}
+    for name, rule in rules.items():
+        kind = {
+            ParameterType.INTEGER: ParameterKind.SIZE
+            if rule.unit == "bytes"
+            else ParameterKind.INT,
+            ParameterType.FLOAT: ParameterKind.FLOAT,
+            ParameterType.BOOLEAN: ParameterKind.BOOL,
+            ParameterType.STRING: ParameterKind.ENUM
+            if rule.allowed_values
+            else ParameterKind.STRING,
+        }[rule.type]
+        table[name] = ConfigParameter(
+            name,
+            kind,
+            rule.restart_required,
+            None if rule.min is None else float(rule.min),
+            None if rule.max is None else float(rule.max),
+            choices=rule.allowed_values or (),
+            default=rule.default,
+            pattern=rule.pattern,
+        )
+    return table
 
 
 def validate_overrides(
@@ -1032,6 +1069,22 @@ class DatastoreManager(ABC):
 
     @abstractmethod
     def root_enabled(self) -> bool: ...
+
+    def disable_root(self) -> None:
+        """Disable the root account enable_root() made (safe to repeat)."""
+        raise UnsupportedOperationError(f"{self.datastore} cannot disable root")
+
+    # ----------------------------------------------------------------- guest logs
+    # The logs a tenant can list, switch and publish (see `guest_agent.datastores.logs`).
+    guest_logs: ClassVar[Mapping[str, GuestLogSpec]] = {}
+
+    def log_enabled(self, name: str) -> bool:
+        """Whether the USER log `name` is on (SYS logs always are)."""
+        raise UnsupportedOperationError(f"{self.datastore} has no switchable log {name!r}")
+
+    def set_log_enabled(self, name: str, enabled: bool) -> None:
+        """Switch the USER log `name` on or off, live."""
+        raise UnsupportedOperationError(f"{self.datastore} has no switchable log {name!r}")
 
     def _require_running(self) -> None:
         if not self.is_running():

@@ -29,9 +29,11 @@ from guest_agent.datastores.base import (
     OverrideValue,
     find_binary,
     generate_password,
+    parameters_from_rules,
 )
-from guest_agent.datastores.base import ParameterKind as K
+from guest_agent.datastores.logs import GuestLogSpec, LogType
 from shared.errors import NotFoundError
+from shared.rules.config_parameters import guest_rules
 from shared.rules.names import (
     ADMIN_USER,
     rules_for,
@@ -52,23 +54,8 @@ _ER_NONEXISTING_TABLE_GRANT = 1147
 # restart_required mirrors information_schema.SYSTEM_VARIABLES.READ_ONLY on 10.11 (checked by the
 # integration tests). innodb_buffer_pool_size (10.2) and innodb_log_file_size (10.9) are dynamic;
 # a new buffer pool size is applied in the background, rounded to the pool's chunk size.
-PARAMETERS: dict[str, ConfigParameter] = {
-    p.name: p
-    for p in [
-        ConfigParameter("max_connections", K.INT, False, 10, 100_000),
-        ConfigParameter("max_allowed_packet", K.SIZE, False, 1024, GIB),
-        ConfigParameter("wait_timeout", K.INT, False, 1, 31_536_000),
-        ConfigParameter("innodb_buffer_pool_size", K.SIZE, False, 8 * MIB, 1 << 44),
-        ConfigParameter("innodb_log_file_size", K.SIZE, False, 4 * MIB, 512 * GIB),
-        ConfigParameter("innodb_flush_log_at_trx_commit", K.INT, False, 0, 3),
-        ConfigParameter("innodb_log_buffer_size", K.SIZE, True, 256 * 1024, 4 * GIB),
-        ConfigParameter("performance_schema", K.BOOL, True),
-        ConfigParameter("slow_query_log", K.BOOL, False),
-        ConfigParameter("long_query_time", K.FLOAT, False, 0, 31_536_000),
-        ConfigParameter("tmp_table_size", K.SIZE, False, 1024, 1 << 44),
-        ConfigParameter("table_open_cache", K.INT, False, 10, 1_048_576),
-    ]
-}
+# The keys, types, bounds and restart_required come from shared.rules.config_parameters.
+PARAMETERS: dict[str, ConfigParameter] = parameters_from_rules(guest_rules("mariadb"))
 
 _SYSTEM_DATABASES = rules_for("mariadb").reserved_databases
 _SERVICE_USERS = rules_for("mariadb").reserved_users
@@ -373,3 +360,36 @@ class MariaDBManager(DatastoreManager):
     def root_enabled(self) -> bool:
         with self._connect() as cur:
             return self._user_exists(cur, "root", "%")
+
+    def disable_root(self) -> None:
+        with self._connect() as cur:
+            cur.execute("DROP USER IF EXISTS 'root'@'%'")
+
+    # ----------------------------------------------------------------- guest logs
+    guest_logs: ClassVar[Mapping[str, GuestLogSpec]] = {
+        "error": GuestLogSpec("error", LogType.SYS, "error.log", "the server's error log"),
+        "slow_query": GuestLogSpec(
+            "slow_query", LogType.USER, "slow_query.log", "statements slower than long_query_time"
+        ),
+        "general": GuestLogSpec("general", LogType.USER, "general.log", "every statement"),
+    }
+    # log name -> (switch variable, file variable); names come only from this table.
+    _LOG_VARIABLES: ClassVar[dict[str, tuple[str, str]]] = {
+        "slow_query": ("slow_query_log", "slow_query_log_file"),
+        "general": ("general_log", "general_log_file"),
+    }
+
+    def log_enabled(self, name: str) -> bool:
+        switch, _ = self._LOG_VARIABLES[name]
+        with self._connect() as cur:
+            cur.execute(f"SELECT @@GLOBAL.{switch}")
+            row = cur.fetchone()
+        return bool(row and int(row[0]))
+
+    def set_log_enabled(self, name: str, enabled: bool) -> None:
+        """Live only: after a restart the log is as the configuration says."""
+        switch, file_variable = self._LOG_VARIABLES[name]
+        path = str(self.layout.log / self.guest_logs[name].file)
+        with self._connect() as cur:
+            cur.execute(f"SET GLOBAL {file_variable} = %s", (path,))
+            cur.execute(f"SET GLOBAL {switch} = %s", (1 if enabled else 0,))

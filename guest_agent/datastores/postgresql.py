@@ -36,12 +36,15 @@ from guest_agent.datastores.base import (
     DatastoreManager,
     DatastoreOperationError,
     OverrideValue,
+    ParameterKind,
     find_binary,
     generate_password,
+    parameters_from_rules,
     wait_until,
 )
-from guest_agent.datastores.base import ParameterKind as K
+from guest_agent.datastores.logs import GuestLogSpec, LogType
 from shared.errors import NotFoundError
+from shared.rules.config_parameters import guest_rules
 from shared.rules.names import (
     ADMIN_USER,
     rules_for,
@@ -61,22 +64,8 @@ RELOAD_TIMEOUT = 10.0
 
 # restart_required mirrors pg_settings.context = 'postmaster' on 15 (checked by the integration
 # tests); at run time the live server's pg_settings.context decides.
-PARAMETERS: dict[str, ConfigParameter] = {
-    p.name: p
-    for p in [
-        ConfigParameter("max_connections", K.INT, True, 5, 262_143),
-        ConfigParameter("shared_buffers", K.SIZE, True, 128 * KIB, 1 << 43),
-        ConfigParameter("work_mem", K.SIZE, False, 64 * KIB, 1 << 41),
-        ConfigParameter("maintenance_work_mem", K.SIZE, False, MIB, 1 << 41),
-        ConfigParameter("effective_cache_size", K.SIZE, False, 8 * KIB, 1 << 44),
-        ConfigParameter("random_page_cost", K.FLOAT, False, 0, 1_000_000),
-        ConfigParameter("statement_timeout", K.INT, False, 0, 2_147_483_647),
-        ConfigParameter("log_min_duration_statement", K.INT, False, -1, 2_147_483_647),
-        ConfigParameter("checkpoint_timeout", K.INT, False, 30, 86_400),
-        ConfigParameter("max_wal_size", K.SIZE, False, 2 * MIB, 1 << 44),
-        ConfigParameter("autovacuum", K.BOOL, False),
-    ]
-}
+# The keys, types, bounds and restart_required come from shared.rules.config_parameters.
+PARAMETERS: dict[str, ConfigParameter] = parameters_from_rules(guest_rules("postgresql"))
 
 _SYSTEM_DATABASES = rules_for("postgresql").reserved_databases
 _SERVICE_USERS = rules_for("postgresql").reserved_users
@@ -110,7 +99,7 @@ def _pg_size(size: int) -> str:
 def _conf_value(key: str, value: OverrideValue) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if key in PARAMETERS and PARAMETERS[key].kind is K.SIZE and isinstance(value, int):
+    if key in PARAMETERS and PARAMETERS[key].kind is ParameterKind.SIZE and isinstance(value, int):
         return f"'{_pg_size(value)}'"
     if isinstance(value, (int, float)):
         return str(value)
@@ -517,3 +506,45 @@ class PostgreSQLManager(DatastoreManager):
                 "SELECT rolcanlogin AND rolsuper FROM pg_roles WHERE rolname = %s", (ROOT_USER,)
             ).fetchone()
         return bool(row and row[0])
+
+    def disable_root(self) -> None:
+        with self._connect() as conn:
+            if self._role_exists(conn, ROOT_USER):
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(
+                        sql.Identifier(ROOT_USER)
+                    )
+                )
+
+    # ----------------------------------------------------------------- guest logs
+    guest_logs: ClassVar[Mapping[str, GuestLogSpec]] = {
+        # The server writes everything to stderr (logging_collector needs a restart to change);
+        # enabling the log adds every statement to it.
+        "general": GuestLogSpec(
+            "general", LogType.USER, "postgresql.out", "the server log; enabled: every statement"
+        ),
+    }
+
+    def log_enabled(self, name: str) -> bool:
+        if name not in self.guest_logs:
+            raise NotFoundError(name, "log")
+        with self._connect() as conn:
+            row = conn.execute("SHOW log_statement").fetchone()
+        return bool(row and row[0] == "all")
+
+    def set_log_enabled(self, name: str, enabled: bool) -> None:
+        """Persisted with ALTER SYSTEM, applied by a reload (waited for)."""
+        if name not in self.guest_logs:
+            raise NotFoundError(name, "log")
+        with self._connect() as conn:
+            if enabled:
+                conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+            else:
+                conn.execute("ALTER SYSTEM RESET log_statement")
+            conn.execute("SELECT pg_reload_conf()")
+        if not wait_until(
+            lambda: self.log_enabled(name) is enabled,
+            time.monotonic() + RELOAD_TIMEOUT,
+            interval=0.02,
+        ):
+            raise DatastoreOperationError("postgresql: the configuration reload did not happen")

@@ -36,9 +36,11 @@ from guest_agent.datastores.base import (
     UnsupportedOperationError,
     find_binary,
     generate_password,
+    parameters_from_rules,
 )
-from guest_agent.datastores.base import ParameterKind as K
+from guest_agent.datastores.logs import GuestLogSpec, LogType
 from shared.errors import NotFoundError
+from shared.rules.config_parameters import guest_rules
 from shared.rules.names import (
     ADMIN_USER,
     NameRuleError,
@@ -54,38 +56,8 @@ ROOT_USER = "default"
 TENANT_CATEGORIES = ["+@all", "-@dangerous"]  # with every key (~*) and channel (&*)
 DEFAULT_DATABASES = 16
 
-PARAMETERS: dict[str, ConfigParameter] = {
-    p.name: p
-    for p in [
-        ConfigParameter("maxmemory", K.SIZE, False, 0, 1 << 44, default=0),
-        ConfigParameter(
-            "maxmemory-policy",
-            K.ENUM,
-            False,
-            choices=(
-                "noeviction",
-                "allkeys-lru",
-                "allkeys-lfu",
-                "allkeys-random",
-                "volatile-lru",
-                "volatile-lfu",
-                "volatile-random",
-                "volatile-ttl",
-            ),
-            default="noeviction",
-        ),
-        ConfigParameter("timeout", K.INT, False, 0, 2_147_483_647, default=0),
-        ConfigParameter("tcp-keepalive", K.INT, False, 0, 2_147_483_647, default=300),
-        ConfigParameter("appendonly", K.BOOL, False, default=True),
-        ConfigParameter(
-            "appendfsync", K.ENUM, False, choices=("always", "everysec", "no"), default="everysec"
-        ),
-        ConfigParameter("hz", K.INT, False, 1, 500, default=10),
-        ConfigParameter("slowlog-log-slower-than", K.INT, False, -1, 2**62, default=10_000),
-        ConfigParameter("databases", K.INT, True, 1, 10_000, default=DEFAULT_DATABASES),
-        ConfigParameter("io-threads", K.INT, True, 1, 128, default=1),
-    ]
-}
+# The keys, types, bounds, defaults and restart_required come from shared.rules.config_parameters.
+PARAMETERS: dict[str, ConfigParameter] = parameters_from_rules(guest_rules("redis"))
 
 
 def redis_password_hash(password: str) -> str:
@@ -113,7 +85,8 @@ def _set_acl_user(
 def _conf_value(value: OverrideValue | str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    # An empty value must still be an argument in redis.conf (notify-keyspace-events "").
+    return str(value) or '""'
 
 
 class RedisManager(DatastoreManager):
@@ -347,3 +320,13 @@ class RedisManager(DatastoreManager):
             user = client.acl_getuser(ROOT_USER)
         flags = user.get("flags", []) if isinstance(user, dict) else []
         return isinstance(flags, list) and "on" in flags
+
+    def disable_root(self) -> None:
+        with self._connect() as client:
+            client.acl_setuser(ROOT_USER, enabled=False, reset_passwords=True)
+            client.acl_save()
+
+    # ----------------------------------------------------------------- guest logs
+    guest_logs: ClassVar[Mapping[str, GuestLogSpec]] = {
+        "redis": GuestLogSpec("redis", LogType.SYS, "redis.log", "the server log"),
+    }

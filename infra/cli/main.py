@@ -7,6 +7,7 @@ import sys
 import typer
 
 from infra.cli.sfn import sfn_app
+from infra.cli.up import up
 from shared.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 
 
 app.add_typer(sfn_app, name="sfn")
+app.command("up")(up)
 
 
 @app.callback()

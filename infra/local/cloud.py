@@ -67,6 +67,10 @@ class LocalCloud:
             user = ensure_system_user(guest_user)
             for path in [queue_dir, *queue_dir.iterdir()]:
                 os.chown(path, user.uid, user.gid)
+            # Guests write into the blob store themselves (published logs, later backups).
+            DirectoryBlobStore(blob_dir, clock=clock)  # lays out its directories
+            for path in [blob_dir, *(p for p in blob_dir.iterdir() if p.is_dir())]:
+                os.chown(path, user.uid, user.gid)
         return cls(
             settings=settings,
             clock=clock,

@@ -116,6 +116,9 @@ class GuestCommandName(StrEnum):
     WAIT_FOR_TXN = "wait_for_txn"
     RESIZE_FS = "resize_fs"
     GET_VOLUME_INFO = "get_volume_info"
+    # Trove's guest logs: list them; enable / disable / publish / discard one.
+    GUEST_LOG_LIST = "guest_log_list"
+    GUEST_LOG_ACTION = "guest_log_action"
 
 
 class GuestCommand(SignedMessage):
