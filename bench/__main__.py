@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-BENCHMARKS = ["store", "queue", "engine", "prepare", "server"]
+BENCHMARKS = ["store", "queue", "engine", "prepare", "server", "api", "backup"]
 
 
 def _fmt(value: Any) -> str:

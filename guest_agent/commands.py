@@ -5,6 +5,11 @@ names and values are checked by the manager against its datastore's rules (`Name
 `OverrideRuleError`). Passwords arrive sealed (`encrypted_password`) and are opened only to be
 handed to the manager; a password going back (enable_root) is sealed again. Results are plain
 JSON without secrets.
+
+Backups (`backup`, and `restore` or `prepare` with a `restore` argument) get each backup's data
+key as `encrypted_data_key`: the key's standard base64 text (`shared.crypto.encode_secret`),
+sealed for this instance exactly like a password (`seal(keys.passwords, text, password_context
+(instance_id))`). The streaming itself is `guest_agent.backup`.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, JsonValue, ValidationError
 
+from guest_agent.backup import BackupRequest, ChainLink, backup_datastore, restore_datastore
+from guest_agent.backup.stream import DATA_KEY_BYTES
 from guest_agent.datastores import logs as guest_logs
 from guest_agent.datastores.base import DatastoreManager
+from shared.crypto import decode_secret
 from shared.errors import TrovelessError
 from shared.models.base import DomainModel, EncryptedBlob
 from shared.models.guest import GuestCommandName
@@ -44,10 +52,45 @@ class _NoArgs(_Args):
     pass
 
 
+BackupId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+# The BlobStore checks keys fully (KEY_PATTERN; pydantic patterns have no look-ahead).
+BlobKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", max_length=512)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class _BackupParent(_Args):
+    backup_id: BackupId
+    lsn: Annotated[str, Field(max_length=64)] | None = None
+
+
+class _BackupArgs(_Args):
+    backup_id: BackupId
+    location: BlobKey
+    incremental: bool = False
+    parent: _BackupParent | None = None
+    encrypted_data_key: EncryptedBlob
+
+
+class _ChainLinkArgs(_Args):
+    backup_id: BackupId
+    location: BlobKey
+    sha256: Sha256Hex
+    size_bytes: Annotated[int, Field(ge=0)]
+    encrypted_data_key: EncryptedBlob
+    incremental: bool = False
+
+
+class _RestoreArgs(_Args):
+    chain: list[_ChainLinkArgs] = Field(min_length=1, max_length=1000)
+    overrides: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 class _PrepareArgs(_Args):
     databases: list[dict[str, JsonValue]] = Field(default_factory=list)
     users: list[dict[str, JsonValue]] = Field(default_factory=list)
     overrides: dict[str, JsonValue] = Field(default_factory=dict)
+    # Restore these backups instead of initialising (and create no databases or users).
+    restore: _RestoreArgs | None = None
 
 
 class _DatabasesArgs(_Args):
@@ -114,7 +157,7 @@ class CommandContext:
     # prepare: generates and stores the admin password, returns it for the manager
     admin_password_for_prepare: Callable[[], str]
     volume_info: Callable[[], dict[str, Any]]
-    blobs: BlobStore | None = None  # for publishing logs (and, later, backups)
+    blobs: BlobStore | None = None  # for publishing logs, backups and restores
     now: Callable[[], float] = field(default=time.time)
 
 
@@ -152,7 +195,16 @@ def _open_users(ctx: CommandContext, users: list[dict[str, JsonValue]]) -> list[
 
 
 def _prepare(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    """Initialise the datastore, or with `restore: {"chain": [...]}` fill it from backups
+    (see `_restore`); a restore takes no databases or users: the backup brings its own."""
     parsed = _parse(_PrepareArgs, args)
+    if parsed.restore is not None:
+        if parsed.databases or parsed.users:
+            raise CommandRefusedError(
+                "InvalidArguments", "args.restore: a restore takes no databases or users"
+            )
+        overrides = {**parsed.overrides, **parsed.restore.overrides}
+        return _restore_chain(ctx, parsed.restore.chain, overrides)
     users = _open_users(ctx, parsed.users)
     ctx.manager.prepare(
         admin_password=ctx.admin_password_for_prepare(),
@@ -312,6 +364,102 @@ def _guest_log_action(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonVa
     return {"log": log, "published_key": published}
 
 
+def _data_key(ctx: CommandContext, sealed: str) -> bytes:
+    """A backup's data key: sealed for this instance exactly like a password, its plaintext the
+    key's standard base64 text (shared.crypto.encode_secret)."""
+    try:
+        key = decode_secret(ctx.open_password(sealed))
+    except ValueError:
+        raise CommandRefusedError(
+            "InvalidArguments", "args.encrypted_data_key: not a sealed data key"
+        ) from None
+    if len(key) != DATA_KEY_BYTES:
+        raise CommandRefusedError(
+            "InvalidArguments", f"args.encrypted_data_key: the key must be {DATA_KEY_BYTES} bytes"
+        )
+    return key
+
+
+def _require_blobs(ctx: CommandContext) -> BlobStore:
+    if ctx.blobs is None:
+        raise CommandRefusedError("NoBlobStore", "this guest has no blob store configured")
+    return ctx.blobs
+
+
+def _backup(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    """Stream a physical backup of the running datastore to `location`.
+
+    Args: `{"backup_id", "location", "incremental", "parent": null | {"backup_id", "lsn"},
+    "encrypted_data_key"}`. Result: `{"location", "size_bytes" (stored bytes), "sha256" (of the
+    stored bytes), "data_size_bytes" (bytes of the uncompressed physical stream, which is what a
+    restore writes onto the volume), "lsn" (MariaDB to_lsn / PostgreSQL end LSN / null),
+    "position" (GTID / LSN / Redis replication offset, or null), "datastore_version"}`.
+    Errors: BackupSourceError (the datastore's tool failed), DatastoreNotRunningError; on any
+    error the BlobStore keeps nothing of the object.
+    """
+    parsed = _parse(_BackupArgs, args)
+    if parsed.incremental and parsed.parent is None:
+        raise CommandRefusedError("InvalidArguments", "args.parent: an incremental needs one")
+    request = BackupRequest(
+        backup_id=parsed.backup_id,
+        location=parsed.location,
+        data_key=_data_key(ctx, parsed.encrypted_data_key),
+        incremental=parsed.incremental,
+        parent_lsn=parsed.parent.lsn if parsed.parent is not None else None,
+    )
+    outcome = backup_datastore(ctx.manager, _require_blobs(ctx), request)
+    result: dict[str, JsonValue] = dict(outcome.to_result())
+    return result
+
+
+def _restore_chain(
+    ctx: CommandContext, links: list[_ChainLinkArgs], overrides: dict[str, JsonValue]
+) -> JsonValue:
+    if links[0].incremental or not all(link.incremental for link in links[1:]):
+        raise CommandRefusedError(
+            "InvalidArguments", "args.chain: a full backup first, then incrementals in order"
+        )
+    blobs = _require_blobs(ctx)
+    chain = [
+        ChainLink(
+            backup_id=link.backup_id,
+            location=link.location,
+            sha256=link.sha256.lower(),
+            size_bytes=link.size_bytes,
+            data_key=_data_key(ctx, link.encrypted_data_key),
+            incremental=link.incremental,
+        )
+        for link in links
+    ]
+    restore_datastore(
+        ctx.manager,
+        blobs,
+        chain,
+        admin_password=ctx.admin_password_for_prepare(),
+        overrides=dict(overrides),
+    )
+    return {
+        "datastore": ctx.manager.datastore,
+        "volume": ctx.volume_info(),
+        "restored": [link.backup_id for link in links],
+    }
+
+
+def _restore(ctx: CommandContext, args: dict[str, JsonValue]) -> JsonValue:
+    """Fill this fresh instance's volume from backups and start the datastore: the same as
+    `prepare` with `{"restore": {"chain": [...]}}`, which is how provisioning passes it.
+
+    Args: `{"chain": [{"backup_id", "location", "sha256", "size_bytes", "encrypted_data_key",
+    "incremental"}, ...], "overrides": {}}`, the full backup first, then incrementals in order.
+    Each object is verified (sha256 and size of the stored bytes, every record authenticated)
+    while it streams into a staging directory; only a fully verified and prepared tree becomes
+    the data directory. Errors: BackupChecksumError and BackupNotFoundError name the backup;
+    DatastoreAlreadyPreparedError when the volume holds a datastore already.
+    """
+    parsed = _parse(_RestoreArgs, args)
+    return _restore_chain(ctx, parsed.chain, parsed.overrides)
+
+
 Handler = Callable[[CommandContext, dict[str, JsonValue]], JsonValue]
 
 HANDLERS: dict[GuestCommandName, Handler] = {
@@ -338,11 +486,18 @@ HANDLERS: dict[GuestCommandName, Handler] = {
     GuestCommandName.GET_VOLUME_INFO: _get_volume_info,
     GuestCommandName.GUEST_LOG_LIST: _guest_log_list,
     GuestCommandName.GUEST_LOG_ACTION: _guest_log_action,
+    GuestCommandName.BACKUP: _backup,
+    GuestCommandName.RESTORE: _restore,
 }
 
 # Commands whose success leaves the datastore running / stopped (the agent's intent).
 STARTS_DATASTORE = frozenset(
-    {GuestCommandName.PREPARE, GuestCommandName.START, GuestCommandName.RESTART}
+    {
+        GuestCommandName.PREPARE,
+        GuestCommandName.RESTORE,
+        GuestCommandName.START,
+        GuestCommandName.RESTART,
+    }
 )
 STOPS_DATASTORE = frozenset({GuestCommandName.STOP})
 
@@ -354,6 +509,6 @@ def execute(ctx: CommandContext, name: GuestCommandName, args: dict[str, JsonVal
         raise CommandRefusedError(
             "CommandNotImplemented",
             f"{name.value}: this guest agent does not implement it yet "
-            "(backups, restores, replication and file-system resize come with later releases)",
+            "(replication and file-system resize come with later releases)",
         )
     return handler(ctx, args)

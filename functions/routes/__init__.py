@@ -24,6 +24,8 @@ ROUTE_MODULES = [
     "users",
     "root",
     "logs",
+    "backups",
+    "backup_schedules",
 ]
 
 

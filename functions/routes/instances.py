@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from functions.api_errors import ApiError, json_body, parse_body, section
+from functions.instance_list_views import instance_list_body
 from functions.routes import api_urls, new_router
 from functions.runtime import get_runtime
 from functions.trove_views import instance_view
@@ -131,10 +132,7 @@ def _create_request(body: CreateInstanceBody) -> CreateInstance:
             "replication (replica_of, replica_count)",
             "replicas come with the replication release; create a standalone instance",
         )
-    if body.restore_point is not None:
-        raise NotSupportedError(
-            "restorePoint", "restoring from a backup comes with the backups release"
-        )
+    restore_backup_id = _backup_ref(body.restore_point)
     if body.cluster is not None:
         raise NotSupportedError("cluster", "clusters come with a later release")
     flavor_id = body.flavor_ref or body.flavor
@@ -159,7 +157,18 @@ def _create_request(body: CreateInstanceBody) -> CreateInstance:
         ],
         availability_zone=body.availability_zone,
         configuration_id=body.configuration,
+        restore_backup_id=restore_backup_id,
     )
+
+
+def _backup_ref(restore_point: Any) -> str | None:
+    """`restorePoint: {"backupRef": "<backup id>"}` -> the backup id."""
+    if restore_point is None:
+        return None
+    ref = restore_point.get("backupRef") if isinstance(restore_point, dict) else None
+    if not isinstance(ref, str) or not ref.strip():
+        raise ApiError(400, "instance.restorePoint.backupRef: a backup id is required.")
+    return ref.strip()
 
 
 def _instance_id(instance_id: str) -> str:
@@ -178,25 +187,27 @@ def _region() -> str:
 # ------------------------------------------------------------------ routes
 
 
-@router.get("/v1.0/<project_id>/instances", summary="List instances")
-def list_instances(project_id: str) -> dict[str, Any]:
+def _json_list(project_id: str, *, detail: bool) -> Response[str]:
+    # Rendered by instance_list_body (each unchanged instance's JSON kept per process) and
+    # returned as text: the resolver's generic validation of a large dict costs more than
+    # the listing itself at 1,000 instances (bench/api.py).
     urls = api_urls(router.current_event, project_id)
-    region = _region()
-    return {
-        "instances": [
-            instance_view(i, urls, region, detail=False)
-            for i in instance_service().list(project_id)
-        ]
-    }
+    instances = instance_service().list(project_id)
+    return Response(
+        status_code=200,
+        content_type="application/json",
+        body=instance_list_body(instances, urls, _region(), detail=detail),
+    )
+
+
+@router.get("/v1.0/<project_id>/instances", summary="List instances")
+def list_instances(project_id: str) -> Response[str]:
+    return _json_list(project_id, detail=False)
 
 
 @router.get("/v1.0/<project_id>/instances/detail", summary="List instances with details")
-def list_instances_detail(project_id: str) -> dict[str, Any]:
-    urls = api_urls(router.current_event, project_id)
-    region = _region()
-    return {
-        "instances": [instance_view(i, urls, region) for i in instance_service().list(project_id)]
-    }
+def list_instances_detail(project_id: str) -> Response[str]:
+    return _json_list(project_id, detail=True)
 
 
 @router.post("/v1.0/<project_id>/instances", summary="Create an instance")

@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from infra.cli.client import register as register_client_commands
 from infra.cli.sfn import sfn_app
 from infra.cli.up import up
 from shared.settings import SettingsError, load_settings
@@ -20,6 +21,7 @@ app = typer.Typer(
 
 app.add_typer(sfn_app, name="sfn")
 app.command("up")(up)
+register_client_commands(app)
 
 
 @app.callback()

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from functions import api, guest_events
+from functions import api, backup_scheduler, guest_events
 from functions.runtime import Runtime
 from infra.local.keystone import PREFIX as IDENTITY_PREFIX
 from infra.local.keystone import HttpReply, LocalKeystone
@@ -33,7 +33,7 @@ MAX_BODY_BYTES = 1 << 20  # Trove bodies are small; refuse anything bigger than 
 TIMER_INTERVAL = 30.0
 
 # Periodic functions the timer calls with the runtime, each every TIMER_INTERVAL seconds.
-TIMER_FUNCTIONS: list[Callable[[Runtime], None]] = []
+TIMER_FUNCTIONS: list[Callable[[Runtime], None]] = [backup_scheduler.run]
 
 
 def proxy_event(

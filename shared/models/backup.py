@@ -72,6 +72,7 @@ class Backup(DomainModel):
     data_size_bytes: Annotated[int, Field(ge=0)] | None = None
     checksum: Sha256Hex | None = None
     replication_position: str | None = None
+    lsn: str | None = None  # the datastore's log position, an incremental child's start
     encryption_key_id: str | None = None
     encrypted_data_key: EncryptedBlob | None = None
     fail_reason: str | None = None

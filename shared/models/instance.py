@@ -116,6 +116,7 @@ class InstanceTask(StrEnum):
     UPDATING = "UPDATING"
     UPGRADING = "UPGRADING"
     HEALING = "HEALING"
+    BACKING_UP = "BACKING_UP"
 
 
 class AddressType(StrEnum):

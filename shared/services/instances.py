@@ -4,7 +4,9 @@ flows run (`InstanceFlowSteps`, called by `functions/instance_tasks.py`).
 Records (StateStore):
 
     instances/<id>                     the Instance (every writer uses compare-and-swap)
-    project-instances/<project>/<id>   index for listing a project's instances
+    project-instances/<project>/<id>   index of a project's instances (seeds the listing)
+    project-listings/<project>         a copy of all of them, for listing in one read
+                                       (shared/services/instance_listing.py)
     instance-waits/<id>                the task token a flow is waiting on from the guest,
                                        so a delete can end that wait at once
 
@@ -37,6 +39,7 @@ from shared.errors import (
     RequestError,
     TrovelessError,
 )
+from shared.models.backup import Backup
 from shared.models.configuration import Configuration
 from shared.models.database import Database, User
 from shared.models.datastore import DatastoreRef
@@ -51,8 +54,9 @@ from shared.models.instance import (
 )
 from shared.models.volume import Volume, VolumeKind
 from shared.observability import get_logger
-from shared.ports import JSON, Clock, Compute, Queue, StateStore, Workflows
+from shared.ports import JSON, BlobStore, Clock, Compute, Queue, StateStore, Workflows
 from shared.rules.names import NameRuleError, validate_prepare_request
+from shared.services.backup_records import BackupRecords, RestorePlan, plan_restore
 from shared.services.catalog import CatalogService
 from shared.services.guest_channel import (
     EVENTS_QUEUE,
@@ -60,6 +64,7 @@ from shared.services.guest_channel import (
     GuestEventVerifier,
     command_queue_name,
 )
+from shared.services.instance_listing import ProjectListing
 from shared.services.instance_secrets import guest_secret, seal_guest_secret
 from shared.services.quotas import INSTANCES, VOLUMES, QuotaService
 from shared.settings import Profile, Settings
@@ -128,6 +133,7 @@ class CreateInstance(BaseModel):
     users: list[User] = Field(default_factory=list)
     availability_zone: str | None = None
     configuration_id: str | None = None
+    restore_backup_id: str | None = None  # Trove's restorePoint.backupRef
 
 
 class RuntimePorts(Protocol):
@@ -140,6 +146,7 @@ class RuntimePorts(Protocol):
     compute: Compute
     workflows: Workflows
     master_key: bytes
+    blobs: BlobStore
 
 
 # --------------------------------------------------------------------------- records
@@ -148,6 +155,7 @@ class InstanceRecords:
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self._listing = ProjectListing(store, self._revisions_of_project)
 
     def find(self, instance_id: str) -> Instance | None:
         record = self._store.get(instance_key(instance_id))
@@ -162,7 +170,9 @@ class InstanceRecords:
     def create(self, instance: Instance) -> None:
         # Index first: a listing skips an index entry whose record is missing, never the reverse.
         self._store.put(index_key(instance.project_id, instance.id), {}, 0)
-        self._store.put(instance_key(instance.id), instance.model_dump(mode="json"), 0)
+        data = instance.model_dump(mode="json")
+        written = self._store.put(instance_key(instance.id), data, 0)
+        self._listing.record_write(instance.project_id, instance.id, written.revision, data)
 
     def update(
         self, instance_id: str, change: Callable[[Instance], Instance | None]
@@ -180,11 +190,13 @@ class InstanceRecords:
             changed = change(current)
             if changed is None:
                 return None
+            data = changed.model_dump(mode="json")
             try:
-                self._store.put(key, changed.model_dump(mode="json"), record.revision)
-                return changed
+                written = self._store.put(key, data, record.revision)
             except ConflictError:
                 continue
+            self._listing.record_write(changed.project_id, changed.id, written.revision, data)
+            return changed
         raise ConflictError(key, 0)
 
     def ids_of_project(self, project_id: str) -> list[str]:
@@ -192,8 +204,27 @@ class InstanceRecords:
         return [key[len(prefix) :] for key in self._store.list(prefix)]
 
     def delete(self, instance: Instance) -> None:
-        self._store.delete(instance_key(instance.id))
-        self._store.delete(index_key(instance.project_id, instance.id))
+        self.remove(instance.project_id, instance.id)
+
+    def remove(self, project_id: str, instance_id: str) -> None:
+        """Delete the record, its index entry and its listing entry (tombstoned)."""
+        self._store.delete(instance_key(instance_id))
+        self._store.delete(index_key(project_id, instance_id))
+        self._listing.record_removal(project_id, instance_id)
+
+    def of_project(self, project_id: str) -> list[Instance]:
+        """The project's instances, oldest first, from its listing record (one read); they
+        carry no guest secret or execution arn (instance_listing.OMITTED_FIELDS)."""
+        return self._listing.read(project_id)
+
+    def _revisions_of_project(self, project_id: str) -> dict[str, tuple[int, JSON]]:
+        """The project's instance records as they are now (seeds the listing)."""
+        found: dict[str, tuple[int, JSON]] = {}
+        for instance_id in self.ids_of_project(project_id):
+            record = self._store.get(instance_key(instance_id))
+            if record is not None and record.data.get("project_id") == project_id:
+                found[instance_id] = (record.revision, record.data)
+        return found
 
 
 def _is_deleting(instance: Instance) -> bool:
@@ -215,8 +246,10 @@ class _InstancePorts:
         master_key: bytes,
         settings: Settings,
         catalog: CatalogService | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._store = store
+        self._blobs = blobs
         self._queue = queue
         self._compute = compute
         self._workflows = workflows
@@ -237,6 +270,7 @@ class _InstancePorts:
             clock=runtime.clock,
             master_key=runtime.master_key,
             settings=runtime.settings,
+            blobs=runtime.blobs,
             **kwargs,
         )
 
@@ -256,13 +290,7 @@ class InstanceService(_InstancePorts):
         return instance
 
     def list(self, project_id: str) -> list[Instance]:
-        found = []
-        for instance_id in self.records.ids_of_project(project_id):
-            instance = self.records.find(instance_id)
-            if instance is not None and instance.project_id == project_id:
-                found.append(instance)
-        found.sort(key=lambda i: (i.created, i.id))
-        return found
+        return self.records.of_project(project_id)
 
     # ------------------------------------------------------------------ create
     def create(self, project_id: str, request: CreateInstance) -> Instance:
@@ -312,14 +340,18 @@ class InstanceService(_InstancePorts):
                 },
                 "prepare_timeout": self._settings.guest_prepare_timeout,
             }
+            restore: RestorePlan | None = plan["restore"]
+            if restore is not None:
+                # Each link's data key, re-sealed so only the new instance's guest opens it.
+                chain = restore.guest_chain(self._master_key, guest.seal_password)
+                flow_input["prepare"]["restore"] = {"chain": chain}
             arn = self._workflows.start(
                 PROVISION, flow_input, name=execution_name("provision", instance_id)
             )
         except Exception:
             # Nothing was started (or the start failed): leave no record and no hold behind.
             self.quotas.release(project_id, instance_id)
-            self._store.delete(instance_key(instance_id))
-            self._store.delete(index_key(project_id, instance_id))
+            self.records.remove(project_id, instance_id)
             raise
         updated = self.records.update(
             instance_id,
@@ -348,16 +380,38 @@ class InstanceService(_InstancePorts):
                 f"must be between 1 and {max_gb} GB, got {request.volume_size_gb}",
                 status=422,
             )
+        datastore_type, datastore_version = request.datastore_type, request.datastore_version
+        if request.restore_backup_id is not None and datastore_type is None:
+            # Trove restores into the backup's datastore unless told otherwise.
+            source = self._restore_source(project_id, request.restore_backup_id)
+            datastore_type = source.datastore.type
+            datastore_version = datastore_version or source.datastore.version
         datastore = (
-            self.catalog.datastore(request.datastore_type)
-            if request.datastore_type
+            self.catalog.datastore(datastore_type)
+            if datastore_type
             else self.catalog.default_datastore()
         )
         version = (
-            self.catalog.version(datastore.name, request.datastore_version)
-            if request.datastore_version
+            self.catalog.version(datastore.name, datastore_version)
+            if datastore_version
             else self.catalog.default_version(datastore.name)
         )
+        restore = None
+        if request.restore_backup_id is not None:
+            if request.databases or request.users:
+                raise RequestError(
+                    "restorePoint",
+                    "a restore brings the backup's databases and users; give none",
+                )
+            restore = plan_restore(
+                BackupRecords(self._store),
+                self._blobs,
+                project_id,
+                request.restore_backup_id,
+                volume_size_gb=request.volume_size_gb,
+                datastore_type=datastore.name,
+                datastore_version=version.name,
+            )
         if request.availability_zone is not None:
             zones = self._compute.zones()
             if request.availability_zone not in zones:
@@ -405,7 +459,17 @@ class InstanceService(_InstancePorts):
             "databases": [{k: v for k, v in d.items() if v is not None} for d in databases],
             "users": users,
             "overrides": overrides,
+            "restore": restore,
         }
+
+    def _restore_source(self, project_id: str, backup_id: str) -> Backup:
+        try:
+            found = BackupRecords(self._store).find(str(uuid.UUID(backup_id)))
+        except ValueError:
+            found = None
+        if found is None or found.project_id != project_id:
+            raise NotFoundError(backup_id, "backup")
+        return found
 
     def _configuration(self, project_id: str, configuration_id: str) -> Configuration:
         record = self._store.get(f"configurations/{configuration_id}")
@@ -834,8 +898,7 @@ class InstanceFlowSteps(_InstancePorts):
 
     def delete_records(self, instance_id: str, project_id: str) -> JSON:
         self._store.delete(wait_key(instance_id))
-        self._store.delete(instance_key(instance_id))
-        self._store.delete(index_key(project_id, instance_id))
+        self.records.remove(project_id, instance_id)
         return {"deleted": True}
 
     # ------------------------------------------------------------------ actions

@@ -1,5 +1,6 @@
-"""`make demo` end to end: the embedded cloud provisions real MariaDB and PostgreSQL servers,
-serves rows to a tenant user, grows a volume, and leaves nothing behind."""
+"""`make demo` end to end: `troveless up` in a process of its own, MariaDB and PostgreSQL
+instances made through the API with python-troveclient, rows written and read as the tenant
+user, a volume grown, everything deleted; and nothing left behind, failure or not."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import pytest
 
 from infra.local import demo
 
-pytestmark = [pytest.mark.slow, pytest.mark.datastore]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.datastore,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts and cgroups need root"),
+]
 
 
 def _loop_devices() -> set[str]:
@@ -19,19 +24,62 @@ def _loop_devices() -> set[str]:
     return {line.split(":", 1)[0] for line in out.splitlines() if "tl-demo-" in line}
 
 
-def _demo_dirs() -> set[str]:
+def _demo_paths() -> set[str]:
     return {p.name for p in Path("/tmp").glob("tl-demo-*")}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts and cgroups need root")
-def test_demo_runs_the_lifecycle_and_leaves_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    dirs_before = _demo_dirs()
+def _demo_processes() -> list[str]:
+    """Command lines of live processes that mention a demo data directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # exited meanwhile
+        if "tl-demo-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def _assert_nothing_left(paths_before: set[str]) -> None:
+    assert _demo_paths() == paths_before
+    assert not _loop_devices()
+    assert "tl-demo-" not in Path("/proc/mounts").read_text()
+    assert _demo_processes() == []
+
+
+def test_demo_runs_the_lifecycle_through_the_api_and_leaves_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = _demo_paths()
     assert demo.main() == 0
     out = capsys.readouterr().out
-    assert out.count("wrote and read ['apples', 'pears', 'plums']") == 2
+    assert "export OS_CLIENT_CONFIG_FILE=" in out
+    assert "datastores: mariadb, postgresql, redis" in out
+    assert "demo-mariadb ACTIVE at 127." in out and "demo-postgresql ACTIVE at 127." in out
+    assert out.count("POST /databases shop") == 2
+    assert out.count("as user 'app' over TCP: wrote and read ['apples', 'pears', 'plums']") == 2
     assert "volume now 2 GB; rows after: ['apples', 'pears', 'plums']" in out
-    assert "servers left: 0" in out
-    assert _demo_dirs() == dirs_before
-    assert not _loop_devices()
-    mounts = Path("/proc/mounts").read_text()
-    assert "tl-demo-" not in mounts
+    assert "DELETE demo-mariadb: gone" in out and "DELETE demo-postgresql: gone" in out
+    assert "execution SUCCEEDED" in out
+    assert "servers left: 0; data directory removed" in out
+    _assert_nothing_left(before)
+
+
+def test_a_failing_demo_still_leaves_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure once both instances exist: they, their volumes and `up` all go."""
+
+    def broken(db: demo.TenantDatabase, rows: list[str] | None) -> list[str]:
+        raise RuntimeError("the tenant's driver broke")
+
+    monkeypatch.setattr(demo, "write_and_read", broken)
+    before = _demo_paths()
+    assert demo.main() == 1
+    out = capsys.readouterr().out
+    assert "demo failed: the tenant's driver broke" in out
+    assert "servers left: 0; data directory removed" in out
+    _assert_nothing_left(before)

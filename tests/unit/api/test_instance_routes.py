@@ -91,13 +91,23 @@ def test_service_rule_errors_pass_through_with_their_status(client: Api):
     [
         ({"replica_of": str(uuid.uuid4())}, "replica"),
         ({"replica_count": 2}, "replica"),
-        ({"restorePoint": {"backupRef": str(uuid.uuid4())}}, "restorePoint"),
     ],
 )
-def test_replication_and_restore_are_501(client: Api, change, what):
+def test_replication_is_501(client: Api, change, what):
     status, body = client.call("POST", BASE, create_body(**change))
     assert status == 501
     assert what in body["notImplemented"]["message"]
+
+
+def test_restore_point_passes_the_backup_to_the_service(client: Api):
+    backup_id = str(uuid.uuid4())
+    status, _ = client.call(
+        "POST", BASE, create_body(restorePoint={"backupRef": backup_id}, databases=[], users=[])
+    )
+    assert status == 200
+    assert client.service.created[-1].restore_backup_id == backup_id
+    status, body = client.call("POST", BASE, create_body(restorePoint={"backupRef": ""}))
+    assert status == 400 and "restorePoint.backupRef" in body["badRequest"]["message"]
 
 
 def test_list_show_and_name_lookup(client: Api):

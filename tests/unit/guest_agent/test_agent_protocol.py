@@ -191,7 +191,7 @@ def test_overrides_report_whether_a_restart_is_needed(
 @pytest.mark.parametrize(
     ("name", "args", "error_type", "words"),
     [
-        ("backup", {}, "CommandNotImplemented", "backup"),
+        ("backup", {}, "InvalidArguments", "args.backup_id"),
         ("promote", {}, "CommandNotImplemented", "promote"),
         ("create_database", {"databases": []}, "InvalidArguments", "args.databases"),
         ("create_database", {"databases": [{"name": "x;drop"}]}, "NameRuleError", "databases[0]"),
