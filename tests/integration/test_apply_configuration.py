@@ -14,17 +14,12 @@ Invalid values are refused through the HTTP API with 422 naming the key.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import shutil
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -32,10 +27,8 @@ import pytest
 import redis
 
 from functions import api
-from functions import guest_events as guest_events_fn
-from functions.runtime import Runtime, set_runtime
+from functions.runtime import Runtime
 from infra.local.cloud import LocalCloud
-from infra.wiring import build_local
 from shared.crypto import new_instance_secret
 from shared.models.datastore import DatastoreRef
 from shared.models.instance import Instance, InstanceStatus, InstanceTask
@@ -47,7 +40,7 @@ from shared.services.guest_channel import GuestClient
 from shared.services.instance_secrets import seal_guest_secret
 from shared.services.instances import InstanceRecords, InstanceService
 from shared.services.tokens import TokenService
-from shared.settings import load_settings
+from tests.integration.embedded_cloud import running_cloud
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -121,44 +114,19 @@ class Cloud:
 
 @pytest.fixture
 def local_cloud() -> Iterator[Cloud]:
-    # Under /tmp like `make demo`: the guest user must reach the data directory.
-    root = Path(tempfile.mkdtemp(prefix="tl-cfg-", dir="/tmp"))
-    settings = load_settings(data_dir=root, heartbeat_interval=0.5, heartbeat_expiry=5)
-    runtime, cloud, driver = build_local(settings)
-    set_runtime(runtime)
-    stop = threading.Event()
-    workers = [
-        threading.Thread(target=driver.work, args=(stop.is_set,), kwargs={"wait_seconds": 0.2}),
-        threading.Thread(
-            target=guest_events_fn.work,
-            args=(stop.is_set,),
-            kwargs={"runtime": runtime, "wait_seconds": 0.2},
-        ),
-    ]
-    for worker in workers:
-        worker.start()
-    try:
+    with running_cloud(prefix="tl-cfg-") as env:
+        runtime = env.runtime
         yield Cloud(
             runtime,
-            cloud,
+            env.cloud,
             ConfigurationService(
-                runtime.store, runtime.workflows, runtime.clock, catalog=CatalogService(settings)
+                runtime.store,
+                runtime.workflows,
+                runtime.clock,
+                catalog=CatalogService(env.settings),
             ),
             TokenService(runtime.master_key, runtime.clock, 3600),
         )
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=10)
-        for server in cloud.compute.list_servers():
-            with contextlib.suppress(Exception):
-                cloud.compute.delete_server(server.instance_id)
-        left = cloud.compute.list_servers()
-        cloud.close()
-        set_runtime(None)
-        shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"servers left behind: {left}"
-        assert not any(w.is_alive() for w in workers), "a worker thread did not stop"
 
 
 def guest_call(world: Cloud, client: GuestClient, name: str, args: dict[str, Any]) -> Any:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,10 @@ import pymysql
 import pytest
 from pydantic import SecretStr
 
-from functions import api, guest_events
-from functions.runtime import Runtime, set_runtime
+from functions import api
+from functions.runtime import Runtime
 from infra.local.cloud import LocalCloud
 from infra.local.server import proxy_event
-from infra.wiring import build_local
 from shared.models.backup import Backup, BackupStatus
 from shared.models.database import Database, User
 from shared.models.instance import Instance, InstanceStatus
@@ -40,7 +37,7 @@ from shared.services.backup_records import GIB
 from shared.services.backups import BackupService, CreateBackup
 from shared.services.instances import CreateInstance, InstanceService
 from shared.services.tokens import TokenService
-from shared.settings import load_settings
+from tests.integration.embedded_cloud import running_cloud, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -65,71 +62,26 @@ class Cloud:
     backups: BackupService
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
 @contextmanager
-def running_cloud(root: Path, **overrides: object) -> Iterator[Cloud]:
-    """The embedded cloud on `root` with its engine workers and guest-events consumer."""
-    pool = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24"
-    settings = load_settings(
-        data_dir=root,
-        heartbeat_interval=0.5,
-        heartbeat_expiry=5,
-        address_pool=pool,
-        **overrides,
-    )
-    runtime, cloud, driver = build_local(settings)
-    set_runtime(runtime)
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=driver.work, args=(stop.is_set,), kwargs={"wait_seconds": 0.2}),
-        threading.Thread(
-            target=guest_events.work,
-            args=(stop.is_set,),
-            kwargs={"runtime": runtime, "wait_seconds": 0.2},
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        instances = InstanceService.from_runtime(runtime)
-        backups = BackupService.from_runtime(runtime, runtime.blobs, instances=instances)
-        yield Cloud(root, runtime, cloud, instances, backups)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        for server in cloud.compute.list_servers():
-            cloud.compute.delete_server(server.instance_id)
-        set_runtime(None)
-        cloud.close()
+def backup_cloud(root: Path | None = None, **overrides: object) -> Iterator[Cloud]:
+    """The embedded cloud with the instance and backup services."""
+    with running_cloud(root, prefix="tl-bk-", **overrides) as env:
+        instances = InstanceService.from_runtime(env.runtime)
+        backups = BackupService.from_runtime(env.runtime, env.runtime.blobs, instances=instances)
+        yield Cloud(env.root, env.runtime, env.cloud, instances, backups)
 
 
 @pytest.fixture
 def local_cloud() -> Iterator[Cloud]:
-    root = Path(tempfile.mkdtemp(prefix="tl-bk-", dir="/tmp"))
-    try:
-        with running_cloud(root) as env:
-            yield env
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with backup_cloud() as env:
+        yield env
 
 
 @pytest.fixture
 def short_deadline_cloud() -> Iterator[Cloud]:
     """Guests get 10 s to answer (provision and backup alike)."""
-    root = Path(tempfile.mkdtemp(prefix="tl-bk-", dir="/tmp"))
-    try:
-        with running_cloud(root, guest_prepare_timeout=DEADLINE) as env:
-            yield env
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with backup_cloud(guest_prepare_timeout=DEADLINE) as env:
+        yield env
 
 
 @pytest.fixture
@@ -145,7 +97,7 @@ def small_blob_cloud() -> Iterator[Cloud]:
         ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(blobs)], check=True
     )
     try:
-        with running_cloud(root) as env:
+        with backup_cloud(root) as env:
             yield env
     finally:
         subprocess.run(["umount", "-l", str(blobs)], check=False)
@@ -159,7 +111,7 @@ def wait_instance(env: Cloud, instance_id: str, status: InstanceStatus) -> Insta
             assert status is InstanceStatus.ERROR, current.fault
         return current is not None and current.status is status
 
-    wait_until(reached, f"instance {instance_id} to be {status.value}")
+    wait_until(reached, f"instance {instance_id} to be {status.value}", TIMEOUT)
     return env.instances.records.get(instance_id)
 
 
@@ -167,7 +119,7 @@ def wait_backup(env: Cloud, backup_id: str) -> Backup:
     def settled() -> bool:
         return not env.backups.get(PROJECT, backup_id).status.is_running
 
-    wait_until(settled, f"backup {backup_id} to finish")
+    wait_until(settled, f"backup {backup_id} to finish", TIMEOUT)
     return env.backups.get(PROJECT, backup_id)
 
 

@@ -10,13 +10,10 @@ whose guest prepare fails ends in ERROR with the server deleted and the quota re
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +22,14 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from functions import guest_events
-from functions.runtime import Runtime, set_runtime
+from functions.runtime import Runtime
 from infra.local.cloud import LocalCloud
-from infra.wiring import build_local
 from shared.models.configuration import Configuration
 from shared.models.database import Database, User
 from shared.models.datastore import DatastoreRef
 from shared.models.instance import Instance, InstanceStatus, ServiceStatus
 from shared.services.instances import CreateInstance, InstanceService
-from shared.settings import load_settings
+from tests.integration.embedded_cloud import running_cloud, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -55,14 +50,6 @@ class Cloud:
     service: InstanceService
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def loop_devices_under(root: Path) -> list[str]:
     listing = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False)
     return [line for line in listing.stdout.splitlines() if str(root) in line]
@@ -70,37 +57,8 @@ def loop_devices_under(root: Path) -> list[str]:
 
 @pytest.fixture
 def local_cloud() -> Iterator[Cloud]:
-    root = Path(tempfile.mkdtemp(prefix="tl-if-", dir="/tmp"))
-    # A pool of our own: test sessions running side by side must not share 127.x addresses
-    # (two datastores on one address and port would answer each other's clients).
-    pool = f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24"
-    settings = load_settings(
-        data_dir=root, heartbeat_interval=0.5, heartbeat_expiry=5, address_pool=pool
-    )
-    runtime, cloud, driver = build_local(settings)
-    set_runtime(runtime)
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=driver.work, args=(stop.is_set,), kwargs={"wait_seconds": 0.2}),
-        threading.Thread(
-            target=guest_events.work,
-            args=(stop.is_set,),
-            kwargs={"runtime": runtime, "wait_seconds": 0.2},
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        yield Cloud(root, runtime, cloud, InstanceService.from_runtime(runtime))
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        for server in cloud.compute.list_servers():
-            cloud.compute.delete_server(server.instance_id)
-        set_runtime(None)
-        cloud.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with running_cloud(prefix="tl-if-") as env:
+        yield Cloud(env.root, env.runtime, env.cloud, InstanceService.from_runtime(env.runtime))
 
 
 def instance_now(env: Cloud, instance_id: str) -> Instance | None:
