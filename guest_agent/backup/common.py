@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from guest_agent.backup.process import ToolProcess
-from guest_agent.backup.stream import StoredBackup, download_backup
+from guest_agent.backup.stream import StoredBackup, download_backup, upload_backup
 from guest_agent.datastores.base import (
     DatastoreAlreadyPreparedError,
     DatastoreManager,
@@ -73,6 +73,35 @@ class ChainLink:
     size_bytes: int
     data_key: bytes
     incremental: bool = False
+
+
+def upload_tool_output(
+    blobs: BlobStore,
+    tool: ToolProcess,
+    request: BackupRequest,
+    *,
+    datastore: str,
+    stream_format: str,
+    report: list[str] | None = None,
+) -> StoredBackup:
+    """Stream a backup tool's stdout into the request's object. The tool must exit cleanly
+    before the object commits; its stderr goes into `report` when given."""
+
+    def source_done() -> None:
+        stderr = tool.finish()
+        if report is not None:
+            report.append(stderr)
+
+    assert tool.stdout is not None
+    return upload_backup(
+        blobs,
+        tool.stdout,
+        backup_id=request.backup_id,
+        location=request.location,
+        data_key=request.data_key,
+        on_end=source_done,
+        metadata={"datastore": datastore, "format": stream_format},
+    )
 
 
 def make_private_dir(manager: DatastoreManager, path: Path) -> Path:

@@ -29,9 +29,10 @@ from guest_agent.backup.common import (
     make_private_dir,
     remove_stale_backup_files,
     restore_volume,
+    upload_tool_output,
 )
 from guest_agent.backup.process import ToolProcess, run_tool
-from guest_agent.backup.stream import BackupSourceError, upload_backup
+from guest_agent.backup.stream import BackupSourceError
 from guest_agent.datastores.base import (
     DatastoreError,
     DatastoreStartError,
@@ -97,18 +98,8 @@ def backup(manager: MariaDBManager, blobs: BlobStore, request: BackupRequest) ->
         if request.incremental:
             command.append(f"--incremental-lsn={request.parent_lsn}")
         with ToolProcess(manager, command, stdout_pipe=True, cwd=work) as tool:
-
-            def source_done() -> None:
-                tool.finish()
-
-            stored = upload_backup(
-                blobs,
-                tool.stdout,
-                backup_id=request.backup_id,
-                location=request.location,
-                data_key=request.data_key,
-                on_end=source_done,
-                metadata={"datastore": "mariadb", "format": "xbstream-zstd-aesgcm"},
+            stored = upload_tool_output(
+                blobs, tool, request, datastore="mariadb", stream_format="xbstream-zstd-aesgcm"
             )
         to_lsn = _checkpoint_value(work / "xtrabackup_checkpoints", "to_lsn")
         if to_lsn is None:

@@ -28,9 +28,10 @@ from guest_agent.backup.common import (
     make_private_dir,
     remove_stale_backup_files,
     restore_volume,
+    upload_tool_output,
 )
 from guest_agent.backup.process import ToolProcess
-from guest_agent.backup.stream import BackupSourceError, upload_backup
+from guest_agent.backup.stream import BackupSourceError
 from guest_agent.datastores.base import DatastoreOperationError, find_binary
 from guest_agent.datastores.postgresql import (
     PostgreSQLManager,
@@ -83,18 +84,13 @@ def backup(manager: PostgreSQLManager, blobs: BlobStore, request: BackupRequest)
             manager, command, stdout_pipe=True, env={"PGPASSFILE": str(passfile)}
         ) as tool:
             report: list[str] = []
-
-            def source_done() -> None:
-                report.append(tool.finish())
-
-            stored = upload_backup(
+            stored = upload_tool_output(
                 blobs,
-                tool.stdout,
-                backup_id=request.backup_id,
-                location=request.location,
-                data_key=request.data_key,
-                on_end=source_done,
-                metadata={"datastore": "postgresql", "format": "tar-zstd-aesgcm"},
+                tool,
+                request,
+                datastore="postgresql",
+                stream_format="tar-zstd-aesgcm",
+                report=report,
             )
         match = _END_POINT.search(report[0]) if report else None
         if match is None:

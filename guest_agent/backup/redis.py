@@ -24,9 +24,10 @@ from guest_agent.backup.common import (
     ChainLink,
     make_private_dir,
     restore_volume,
+    upload_tool_output,
 )
 from guest_agent.backup.process import ToolProcess
-from guest_agent.backup.stream import download_backup, upload_backup
+from guest_agent.backup.stream import download_backup
 from guest_agent.datastores.base import DatastoreOperationError, find_binary, wait_until
 from guest_agent.datastores.redis import RedisManager
 from shared.ports import BlobStore
@@ -52,18 +53,8 @@ def backup(manager: RedisManager, blobs: BlobStore, request: BackupRequest) -> B
     with ToolProcess(
         manager, command, stdout_pipe=True, env={"REDISCLI_AUTH": manager._admin_secret()}
     ) as tool:
-
-        def source_done() -> None:
-            tool.finish()
-
-        stored = upload_backup(
-            blobs,
-            tool.stdout,
-            backup_id=request.backup_id,
-            location=request.location,
-            data_key=request.data_key,
-            on_end=source_done,
-            metadata={"datastore": "redis", "format": "rdb-zstd-aesgcm"},
+        stored = upload_tool_output(
+            blobs, tool, request, datastore="redis", stream_format="rdb-zstd-aesgcm"
         )
     with manager._connect() as client:
         info = client.info("server")
