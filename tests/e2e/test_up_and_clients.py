@@ -253,6 +253,8 @@ def test_troveclient_lifecycle(up: Up, trove: trove_client.Client) -> None:
         ({"flavor_id": "999"}, 404, "999"),
         ({"datastore": "cassandra"}, 404, "cassandra"),
         ({"volume": {"size": 5000}}, None, "volume"),
+        # Within the 100 GB volume rule, over the project's 40 GB volume quota: 413 overLimit.
+        ({"volume": {"size": 41}}, 413, "volumes"),
         ({"name": ""}, 400, "name"),
         ({"databases": [{"name": "not a name!"}], "datastore": "mariadb"}, 400, "databases"),
     ],
