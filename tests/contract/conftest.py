@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import resource
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,16 +28,20 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import psutil
 import pytest
 
+from shared.adapters.aws.s3_blob_store import S3BlobStore
+from shared.adapters.aws.s3_client import make_s3_client
+from shared.adapters.aws.s3_state_store import S3StateStore
 from shared.adapters.local.blob_store import DirectoryBlobStore
 from shared.adapters.local.state_store import DirectoryStateStore, Durability
 from shared.clock import ManualClock
 from shared.errors import ConflictError
 from shared.ports import JSON, BlobStore, Clock, StateStore
+from tests.contract import moto_server
 
 # Children start from a clean interpreter: no inherited locks, descriptors or threads.
 SPAWN = multiprocessing.get_context("spawn")
@@ -140,15 +145,133 @@ def directory_blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStore
     yield DirectoryBlobBackend(tmp_path / "blobs")
 
 
+# --------------------------------------------------------------------------- S3 backends (moto)
+@dataclass(frozen=True)
+class S3Location:
+    """Where an S3-backed store keeps its data: endpoint, bucket, key prefix, credentials."""
+
+    endpoint: str
+    bucket: str
+    prefix: str = "store/"
+    access_key: str = moto_server.ACCESS_KEY
+    secret_key: str = moto_server.SECRET_KEY
+    region: str = moto_server.REGION
+
+    def client(self) -> Any:
+        return make_s3_client(
+            self.endpoint,
+            region=self.region,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
+
+    def rewrite(self, object_key: str, change: Callable[[bytes], bytes]) -> None:
+        """Replace a stored object's bytes with `change(bytes)`, keeping its metadata."""
+        client = self.client()
+        response = client.get_object(Bucket=self.bucket, Key=object_key)
+        raw = response["Body"].read()
+        client.put_object(
+            Bucket=self.bucket, Key=object_key, Body=change(raw), Metadata=response["Metadata"]
+        )
+
+    def remove_bucket(self) -> None:
+        client = self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=self.bucket, Key=item["Key"])
+        uploads = client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        for upload in uploads:
+            client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        client.delete_bucket(Bucket=self.bucket)
+
+
+@dataclass(frozen=True)
+class S3StateBackend:
+    location: S3Location
+    # moto's server serves ~100-200 requests/s here and one contended increment costs ~15 of
+    # them, so 8 x 500 would take over ten minutes; 8 x 10 still meets hundreds of conflicts.
+    increments_per_process: ClassVar[int] = 10
+
+    def open(self, clock: Clock | None = None) -> StateStore:
+        return S3StateStore(
+            self.location.client(), self.location.bucket, self.location.prefix, clock
+        )
+
+    def without_fsync(self) -> StateStoreBackend:
+        return self  # durability is S3's business; there is no faster mode
+
+    def damage_latest_revision(self, key: str, how: Damage) -> None:
+        store = S3StateStore(self.location.client(), self.location.bucket, self.location.prefix)
+        object_key = store.latest_revision_object(key)
+        assert object_key is not None, f"{key} has no revision to damage"
+
+        def damage(raw: bytes) -> bytes:
+            if how == "truncate":
+                return raw[: len(raw) // 2]
+            envelope = json.loads(raw)
+            envelope["data"] = {"tampered": True}
+            return json.dumps(envelope, sort_keys=True).encode()
+
+        self.location.rewrite(object_key, damage)
+
+
+@dataclass(frozen=True)
+class S3BlobBackend:
+    location: S3Location
+
+    def open(self) -> BlobStore:
+        return S3BlobStore(self.location.client(), self.location.bucket, self.location.prefix)
+
+    def damage_object(self, key: str) -> None:
+        store = S3BlobStore(self.location.client(), self.location.bucket, self.location.prefix)
+        self.location.rewrite(store.object_key(key), lambda raw: bytes([raw[0] ^ 0xFF]) + raw[1:])
+
+
+@contextmanager
+def _fresh_bucket(request: pytest.FixtureRequest) -> Iterator[S3Location]:
+    """A bucket of its own on the session's moto server, removed (with its objects) after."""
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    location = S3Location(endpoint, f"troveless-{uuid.uuid4().hex[:16]}")
+    location.client().create_bucket(Bucket=location.bucket)
+    try:
+        yield location
+    finally:
+        location.remove_bucket()
+
+
+def s3_state_backend(request: pytest.FixtureRequest) -> Iterator[StateStoreBackend]:
+    with _fresh_bucket(request) as location:
+        yield S3StateBackend(location)
+
+
+def s3_blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStoreBackend]:
+    with _fresh_bucket(request) as location:
+        yield S3BlobBackend(location)
+
+
 STATE_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[StateStoreBackend]]] = {
     "directory": directory_state_backend,
+    "s3-moto": s3_state_backend,
 }
 BLOB_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[BlobStoreBackend]]] = {
     "directory": directory_blob_backend,
+    "s3-moto": s3_blob_backend,
 }
 
 
 # --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """Base URL of one moto server (S3, SQS...) shared by the whole test session."""
+    server = moto_server.start_moto_server()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=sorted(STATE_STORE_BACKENDS))
 def state_backend(request: pytest.FixtureRequest) -> Iterator[StateStoreBackend]:
     yield from STATE_STORE_BACKENDS[request.param](request)

@@ -6,12 +6,23 @@ after. Add it to `IN_PROCESS_BACKENDS`, and to `CROSS_PROCESS_BACKENDS` when it 
 backend's own time (child processes open the adapter themselves, so they cannot share a
 ManualClock). The backend object crosses into child processes by pickling, so keep it a small
 frozen dataclass of addresses and paths.
+
+Capabilities: `QueueUnderTest.detects_stale_receipts` is False for backends that cannot tell a
+stale receipt from the current one (SQS accepts every receipt a message ever had); the tests of
+stale-receipt behaviour skip those backends. `bulk_messages` is how many messages the
+competing-consumers test pushes through: moto's SQS does O(queue length) work per call (sending
+2000 messages alone takes about 50 s), so the SQS backend runs that test with fewer.
+`delivers_once_under_competition` is False where consumers competing for one queue may,
+rarely, both get the same message: SQS standard queues promise at-least-once only (and moto's
+threaded server shows it), so there the competing-consumer tests require that nothing is
+lost, not that nothing is duplicated.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -19,9 +30,13 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import boto3
+
+from shared.adapters.aws.sqs_queue import SqsQueue
 from shared.adapters.local.sqlite_queue import SqliteQueue
 from shared.clock import ManualClock
 from shared.ports import JSON, Clock, Queue
+from tests.contract import moto_server
 
 if TYPE_CHECKING:
     import pytest
@@ -52,6 +67,9 @@ class QueueUnderTest:
 
     backend: QueueBackend
     clock: ManualClock | None = None
+    detects_stale_receipts: bool = True
+    bulk_messages: int = 2000
+    delivers_once_under_competition: bool = True
     _opened: list[Queue] = field(default_factory=list)
 
     def open(self) -> Queue:
@@ -92,12 +110,60 @@ def sqlite_on_manual_clock(request: pytest.FixtureRequest) -> Iterator[QueueUnde
         under_test.close()
 
 
+@dataclass(frozen=True)
+class SqsQueueBackend:
+    """SQS on a moto server; every queue name gets `prefix`, so tests never share queues."""
+
+    endpoint: str
+    prefix: str
+
+    def client(self) -> Any:
+        return boto3.client(
+            "sqs",
+            endpoint_url=self.endpoint,
+            region_name=moto_server.REGION,
+            aws_access_key_id=moto_server.ACCESS_KEY,
+            aws_secret_access_key=moto_server.SECRET_KEY,
+        )
+
+    def open(self, clock: Clock | None = None) -> Queue:
+        return SqsQueue(self.client(), prefix=self.prefix)
+
+    def delete_queues(self) -> None:
+        """Delete every queue under the prefix: moto's SQS slows down as it fills up."""
+        client = self.client()
+        try:
+            urls = client.list_queues(QueueNamePrefix=self.prefix).get("QueueUrls", [])
+            for url in urls:
+                client.delete_queue(QueueUrl=url)
+        finally:
+            client.close()
+
+
+def sqs_on_moto(request: pytest.FixtureRequest) -> Iterator[QueueUnderTest]:
+    endpoint = str(request.getfixturevalue("moto_endpoint"))  # tests/contract/conftest.py
+    backend = SqsQueueBackend(endpoint, prefix=f"q{uuid.uuid4().hex[:8]}-")
+    under_test = QueueUnderTest(
+        backend,
+        detects_stale_receipts=False,
+        bulk_messages=200,
+        delivers_once_under_competition=False,
+    )
+    try:
+        yield under_test
+    finally:
+        under_test.close()
+        backend.delete_queues()
+
+
 IN_PROCESS_BACKENDS: dict[str, BackendFactory] = {
     "sqlite": sqlite_on_system_clock,
     "sqlite-manual-clock": sqlite_on_manual_clock,
+    "sqs-moto": sqs_on_moto,
 }
 CROSS_PROCESS_BACKENDS: dict[str, BackendFactory] = {
     "sqlite": sqlite_on_system_clock,
+    "sqs-moto": sqs_on_moto,
 }
 
 

@@ -270,13 +270,16 @@ def test_change_visibility_to_zero_releases_at_once(queue: Queue, name: str) -> 
     assert again.receive_count == 2
 
 
-def test_change_visibility_with_a_stale_receipt_raises(queue: Queue, name: str) -> None:
+def test_change_visibility_with_a_stale_receipt_raises(
+    backend: QueueUnderTest, queue: Queue, name: str
+) -> None:
     queue.send(name, {"x": 1})
     first = receive_one(queue, name, visibility_timeout=60)
     queue.change_visibility(name, first.receipt, 0)
     second = receive_one(queue, name, visibility_timeout=60)
-    with pytest.raises(NotFoundError):
-        queue.change_visibility(name, first.receipt, 60)
+    if backend.detects_stale_receipts:  # SQS accepts any receipt a message ever had
+        with pytest.raises(NotFoundError):
+            queue.change_visibility(name, first.receipt, 60)
     queue.ack(name, second.receipt)
     with pytest.raises(NotFoundError):
         queue.change_visibility(name, second.receipt, 60)  # acked: the claim is gone
@@ -285,7 +288,9 @@ def test_change_visibility_with_a_stale_receipt_raises(queue: Queue, name: str) 
 # --------------------------------------------------------------------------- receipts
 
 
-def test_stale_receipt_ack_is_ignored(queue: Queue, name: str) -> None:
+def test_stale_receipt_ack_is_ignored(backend: QueueUnderTest, queue: Queue, name: str) -> None:
+    if not backend.detects_stale_receipts:
+        pytest.skip("this backend cannot tell a stale receipt from the current one (SQS)")
     queue.send(name, {"x": 1})
     first = receive_one(queue, name, visibility_timeout=60)
     queue.change_visibility(name, first.receipt, 0)  # as if the claim had timed out
@@ -490,7 +495,9 @@ def test_send_rejects_a_negative_delay(queue: Queue, name: str) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_threads_sharing_one_adapter_each_get_distinct_messages(queue: Queue, name: str) -> None:
+def test_threads_sharing_one_adapter_each_get_distinct_messages(
+    backend: QueueUnderTest, queue: Queue, name: str
+) -> None:
     ids = set(queue.send_batch(name, [{"i": i} for i in range(400)]))
     delivered: list[str] = []
     lock = threading.Lock()
@@ -512,7 +519,10 @@ def test_threads_sharing_one_adapter_each_get_distinct_messages(queue: Queue, na
     for thread in threads:
         thread.join(timeout=60)
     assert not errors
-    assert sorted(delivered) == sorted(ids)
+    if backend.delivers_once_under_competition:
+        assert sorted(delivered) == sorted(ids)
+    else:  # at-least-once only (SQS standard queues): nothing lost, a duplicate is allowed
+        assert set(delivered) == ids
     assert queue.count(name) == 0
 
 
@@ -568,7 +578,8 @@ def test_concurrent_consumer_processes_get_each_message_exactly_once(
     queue = process_backend.open()
     name = f"t-{uuid.uuid4().hex[:12]}"
     queue.ensure_queue(name)
-    sent = queue.send_batch(name, [{"i": i} for i in range(2000)])
+    total = process_backend.bulk_messages
+    sent = queue.send_batch(name, [{"i": i} for i in range(total)])
 
     start = SPAWN.Event()
     readers = []
@@ -587,10 +598,14 @@ def test_concurrent_consumer_processes_get_each_message_exactly_once(
         per_consumer.append(len(seen))
 
     ids = [message_id for message_id, _, _ in delivered]
-    assert len(ids) == len(set(ids)), "a message was delivered twice"
-    assert sorted(ids) == sorted(sent), "a message was lost"
-    assert all(count == 1 for _, count, _ in delivered)
-    assert sorted(body["i"] for _, _, body in delivered) == list(range(2000))
+    if process_backend.delivers_once_under_competition:
+        assert len(ids) == len(set(ids)), "a message was delivered twice"
+        assert sorted(ids) == sorted(sent), "a message was lost"
+        assert all(count == 1 for _, count, _ in delivered)
+        assert sorted(body["i"] for _, _, body in delivered) == list(range(total))
+    else:  # at-least-once only (SQS standard queues): nothing lost, a duplicate is allowed
+        assert set(ids) == set(sent), "a message was lost"
+        assert {body["i"] for _, _, body in delivered} == set(range(total))
     assert queue.count(name) == 0  # every one acked
     assert sum(1 for n in per_consumer if n > 0) >= 2, f"no real competition: {per_consumer}"
 
