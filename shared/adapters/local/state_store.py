@@ -64,15 +64,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
 
 from shared.adapters.local.store_keys import key_segments, keys_with_entry
+from shared.adapters.revision_leases import RevisionLeases
 from shared.clock import SystemClock
 from shared.errors import (
     ConflictError,
     CorruptDataError,
-    LeaseHeldError,
-    LeaseLostError,
 )
 from shared.observability import get_logger
 from shared.ports import JSON, Clock, Lease, Record
@@ -84,7 +82,6 @@ DATA_SUFFIX = ".json"
 STALE_STAGING_SECONDS = 3600.0
 # Listing a directory while a token is renamed may, rarely, show neither name; look again.
 _LISTING_ATTEMPTS = 100
-_LEASE_ATTEMPTS = 1000
 
 log = get_logger("state_store")
 
@@ -410,6 +407,7 @@ class DirectoryStateStore:
         self._leases = _RevisionLog(
             self.root / "leases", staging, trash, revisions_kept, self.durability
         )
+        self._lease_book = RevisionLeases(self._leases, self.clock, key_segments)
         self._sweep_leftovers(staging, trash)
 
     @staticmethod
@@ -445,71 +443,12 @@ class DirectoryStateStore:
         return None if head is None else Path(revisions, head.data_name)
 
     # ------------------------------------------------------------------ leases
-    def _lease_state(self, name: str) -> tuple[int, str | None, float, int]:
-        """(revision, owner, expires_at, token) of the lease record; revision 0 if none."""
-        record = self._leases.read(name)
-        if record is None:
-            return 0, None, 0.0, 0
-        data: dict[str, Any] = record.data
-        owner, expires_at, token = data.get("owner"), data.get("expires_at"), data.get("token")
-        if (
-            not (owner is None or isinstance(owner, str))
-            or not isinstance(expires_at, int | float)
-            or not isinstance(token, int)
-        ):
-            raise CorruptDataError(name, f"lease record {record.revision} is malformed")
-        return record.revision, owner, float(expires_at), token
-
-    def _write_lease(
-        self, name: str, revision: int, owner: str | None, expires_at: float, token: int
-    ) -> None:
-        data = {"owner": owner, "expires_at": expires_at, "token": token}
-        self._leases.write(name, data, revision)
-
     def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Lease:
-        key_segments(name)
-        if ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
-        for _ in range(_LEASE_ATTEMPTS):
-            revision, holder, expires_at, token = self._lease_state(name)
-            now = self.clock.time()
-            held = holder is not None and expires_at > now
-            if held and holder != owner:
-                raise LeaseHeldError(name, str(holder), expires_at)
-            new_token = token if held else token + 1
-            new_expiry = now + ttl_seconds
-            try:
-                self._write_lease(name, revision, owner, new_expiry, new_token)
-            except ConflictError:
-                continue  # someone else moved it; look again
-            return Lease(name, owner, new_expiry, new_token)
-        revision, holder, expires_at, _ = self._lease_state(name)
-        raise LeaseHeldError(name, str(holder), expires_at)
+        return self._lease_book.acquire(name, owner, ttl_seconds)
 
     def renew_lease(self, lease: Lease, ttl_seconds: float) -> Lease:
         """Extend `lease`. One that expired but that nobody took since is renewed as well."""
-        if ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
-        for _ in range(_LEASE_ATTEMPTS):
-            revision, holder, _, token = self._lease_state(lease.name)
-            if holder != lease.owner or token != lease.token:
-                raise LeaseLostError(lease.name, lease.owner)
-            new_expiry = self.clock.time() + ttl_seconds
-            try:
-                self._write_lease(lease.name, revision, lease.owner, new_expiry, token)
-            except ConflictError:
-                continue
-            return Lease(lease.name, lease.owner, new_expiry, token)
-        raise LeaseLostError(lease.name, lease.owner)
+        return self._lease_book.renew(lease, ttl_seconds)
 
     def release_lease(self, lease: Lease) -> None:
-        for _ in range(_LEASE_ATTEMPTS):
-            revision, holder, _, token = self._lease_state(lease.name)
-            if holder != lease.owner or token != lease.token:
-                return  # someone else holds it now (or nobody): not ours to release
-            try:
-                # Keep the token so the next holder's is larger.
-                self._write_lease(lease.name, revision, None, 0.0, token)
-            except ConflictError:
-                continue
-            return
+        self._lease_book.release(lease)
