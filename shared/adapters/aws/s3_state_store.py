@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from hashlib import sha256
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -59,8 +58,8 @@ from shared.adapters.aws.s3_client import (
     is_not_found,
     normalized_prefix,
 )
-from shared.adapters.local.state_store import canonical_json
 from shared.adapters.local.store_keys import key_segments
+from shared.adapters.revision_envelope import canonical_json, decode_revision, encode_revision
 from shared.adapters.revision_leases import RevisionLeases
 from shared.clock import SystemClock
 from shared.errors import ConflictError, CorruptDataError
@@ -77,37 +76,6 @@ log = get_logger("s3_state_store")
 
 def revision_name(revision: int) -> str:
     return f"{revision:09d}.json"
-
-
-def _encode(key: str, revision: int, body: bytes) -> bytes:
-    digest = sha256(body).hexdigest()
-    return b'{"data":%s,"key":%s,"revision":%d,"sha256":"%s"}' % (
-        body,
-        json.dumps(key).encode(),
-        revision,
-        digest.encode(),
-    )
-
-
-def _decode(key: str, revision: int, raw: bytes) -> Record:
-    try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise CorruptDataError(
-            key, f"revision {revision} is not valid JSON ({len(raw)} bytes; truncated?)"
-        ) from None
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
-        raise CorruptDataError(key, f"revision {revision} has no data object")
-    if envelope.get("key") != key or envelope.get("revision") != revision:
-        raise CorruptDataError(
-            key,
-            f"revision object {revision} holds key {envelope.get('key')!r} "
-            f"revision {envelope.get('revision')!r}",
-        )
-    data: JSON = envelope["data"]
-    if envelope.get("sha256") != sha256(canonical_json(data)).hexdigest():
-        raise CorruptDataError(key, f"revision {revision} does not match its sha256")
-    return Record(key, revision, data)
 
 
 def live_revision(revisions: list[int]) -> int | None:
@@ -174,7 +142,7 @@ class _RevisionLog:
                 if is_not_found(exc):
                     continue  # compacted or deleted since we listed: look again
                 raise
-            return _decode(key, latest, raw)
+            return decode_revision(key, latest, raw)
         raise CorruptDataError(key, "its latest revision keeps vanishing before it can be read")
 
     def write(self, key: str, data: JSON, expected_revision: int) -> Record:
@@ -190,7 +158,7 @@ class _RevisionLog:
             self._client.put_object(
                 Bucket=self._bucket,
                 Key=new_key,
-                Body=_encode(key, new, body),
+                Body=encode_revision(key, new, body),
                 ContentType="application/json",
                 IfNoneMatch="*",
             )

@@ -62,10 +62,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from hashlib import sha256
 from pathlib import Path
 
 from shared.adapters.local.store_keys import key_segments, keys_with_entry
+from shared.adapters.revision_envelope import canonical_json, decode_revision, encode_revision
 from shared.adapters.revision_leases import RevisionLeases
 from shared.clock import SystemClock
 from shared.errors import (
@@ -139,44 +139,6 @@ class _Listing:
 
 def _write_id() -> str:
     return secrets.token_hex(8)
-
-
-def canonical_json(data: JSON) -> bytes:
-    """The bytes a record's data is stored and checksummed as (sorted keys, no spaces)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _encode(key: str, revision: int, body: bytes) -> bytes:
-    """The revision file for data serialised as `body` (see `canonical_json`)."""
-    digest = sha256(body).hexdigest()
-    # Same bytes as json.dumps(envelope, sort_keys=True) without serialising `data` twice.
-    return b'{"data":%s,"key":%s,"revision":%d,"sha256":"%s"}' % (
-        body,
-        json.dumps(key).encode(),
-        revision,
-        digest.encode(),
-    )
-
-
-def _decode(key: str, revision: int, raw: bytes) -> Record:
-    try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise CorruptDataError(
-            key, f"revision {revision} is not valid JSON ({len(raw)} bytes; truncated?)"
-        ) from None
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
-        raise CorruptDataError(key, f"revision {revision} has no data object")
-    if envelope.get("key") != key or envelope.get("revision") != revision:
-        raise CorruptDataError(
-            key,
-            f"revision file {revision} holds key {envelope.get('key')!r} "
-            f"revision {envelope.get('revision')!r}",
-        )
-    data: JSON = envelope["data"]
-    if envelope.get("sha256") != sha256(canonical_json(data)).hexdigest():
-        raise CorruptDataError(key, f"revision {revision} does not match its sha256")
-    return Record(key, revision, data)
 
 
 def _write_new_file(path: str, payload: bytes) -> int:
@@ -262,7 +224,7 @@ class _RevisionLog:
                     ) from None
                 missed = head
                 continue
-            return _decode(key, head.revision, raw)
+            return decode_revision(key, head.revision, raw)
 
     def write(self, key: str, data: JSON, expected_revision: int) -> Record:
         if isinstance(expected_revision, bool) or not isinstance(expected_revision, int):
@@ -271,7 +233,7 @@ class _RevisionLog:
             raise ValueError(f"expected_revision must be >= 0, got {expected_revision}")
         revisions = self.revisions_dir(key)
         body = canonical_json(data)
-        payload = _encode(key, expected_revision + 1, body)
+        payload = encode_revision(key, expected_revision + 1, body)
         if expected_revision == 0:
             self._create(key, revisions, payload)
         else:
