@@ -257,7 +257,10 @@ class _RevisionLog:
                 fsync_directory(stage)
             parent = os.path.dirname(revisions)
             while True:
-                os.makedirs(parent, exist_ok=True)
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except FileExistsError:
+                    continue  # it existed, then a delete pruned it before makedirs looked again
                 try:
                     os.rename(stage, revisions)
                     break
