@@ -521,9 +521,12 @@ def test_threads_sharing_one_adapter_each_get_distinct_messages(
     assert not errors
     if backend.delivers_once_under_competition:
         assert sorted(delivered) == sorted(ids)
+        assert queue.count(name) == 0
     else:  # at-least-once only (SQS standard queues): nothing lost, a duplicate is allowed
         assert set(delivered) == ids
-    assert queue.count(name) == 0
+        # A message handed out twice can be left counted (in flight under the receipt that
+        # lost the race, as moto's threaded SQS shows); anything else left over is a loss.
+        assert queue.count(name) <= len(delivered) - len(ids)
 
 
 def test_consumer_killed_mid_message_gets_it_redelivered(
