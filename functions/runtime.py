@@ -10,7 +10,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from shared.ports import BlobStore, Clock, Compute, Queue, StateStore, Workflows
+from shared.ports import (
+    BlobStore,
+    Clock,
+    Compute,
+    Queue,
+    StateStore,
+    TokenValidator,
+    Workflows,
+)
 from shared.settings import Settings
 
 
@@ -24,6 +32,9 @@ class Runtime:
     compute: Compute
     workflows: Workflows
     master_key: bytes  # wraps per-instance secrets before they reach the store
+    # Who validates API tokens: None means our own signed tokens (TokenService, local
+    # profile); the OpenStack wiring sets Keystone's validator.
+    token_validator: TokenValidator | None = None
 
 
 _lock = threading.Lock()

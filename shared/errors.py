@@ -126,3 +126,12 @@ class NotSupportedError(TrovelessError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what} is not supported: {reason}")
+
+
+class AuthenticationError(TrovelessError):
+    """Credentials or a token that do not authenticate anyone (the API answers 401)."""
+
+
+class IdentityUnavailableError(TrovelessError):
+    """The identity service could not validate a token (unreachable, or it refused our own
+    service credentials); the API answers 503, never 401, since the caller may be fine."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -360,3 +360,41 @@ class Workflows(Protocol):
     def send_task_failure(self, task_token: str, error: str, cause: str) -> None: ...
 
     def send_task_heartbeat(self, task_token: str) -> None: ...
+
+
+# --------------------------------------------------------------------------- Identity
+@dataclass(frozen=True)
+class TokenClaims:
+    """Who a token speaks for, in which project, until when (epoch seconds)."""
+
+    user_id: str
+    user_name: str
+    project_id: str
+    project_name: str
+    roles: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    audit_id: str
+    methods: tuple[str, ...] = ("password",)
+
+    def expires_at_iso(self) -> str:
+        return _iso(self.expires_at)
+
+    def issued_at_iso(self) -> str:
+        return _iso(self.issued_at)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+@runtime_checkable
+class TokenValidator(Protocol):
+    """Turns a caller's token into its claims: our own signed tokens (local profile) or
+    Keystone's (OpenStack profile)."""
+
+    def validate(self, token: str) -> TokenClaims:
+        """The token's claims. Raises AuthenticationError when the token is forged,
+        malformed, unknown or expired; IdentityUnavailableError when the identity service
+        cannot answer."""
+        ...

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from infra.cli.client import register as register_client_commands
+from infra.cli.package import package
 from infra.cli.sfn import sfn_app
 from infra.cli.up import up
 from shared.settings import SettingsError, load_settings
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 app.add_typer(sfn_app, name="sfn")
 app.command("up")(up)
+app.command("package")(package)
 register_client_commands(app)
 
 

@@ -17,10 +17,24 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from shared.errors import TrovelessError
-from shared.ports import Clock
+from shared.errors import AuthenticationError
+from shared.ports import Clock, TokenClaims
+
+# AuthenticationError and TokenClaims live with the errors and the ports (the Keystone adapter
+# raises and returns them too); they stay importable from here.
+__all__ = [
+    "MAX_TOKEN_CHARS",
+    "AuthenticationError",
+    "LocalAccount",
+    "LocalIdentity",
+    "TokenClaims",
+    "TokenService",
+    "hash_password",
+    "password_matches",
+    "project_id_for",
+    "user_id_for",
+]
 
 _TOKEN_KEY_LABEL = b"troveless/identity/tokens/v1"
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://troveless/identity")
@@ -29,10 +43,6 @@ _SCRYPT_N = 2**14
 _SCRYPT_R = 8
 _SCRYPT_P = 1
 MAX_TOKEN_CHARS = 4096
-
-
-class AuthenticationError(TrovelessError):
-    """Credentials or a token that do not authenticate anyone (the API answers 401)."""
 
 
 def project_id_for(name: str) -> str:
@@ -50,31 +60,6 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@dataclass(frozen=True)
-class TokenClaims:
-    """Who a token speaks for, in which project, until when (epoch seconds)."""
-
-    user_id: str
-    user_name: str
-    project_id: str
-    project_name: str
-    roles: tuple[str, ...]
-    issued_at: float
-    expires_at: float
-    audit_id: str
-    methods: tuple[str, ...] = ("password",)
-
-    def expires_at_iso(self) -> str:
-        return _iso(self.expires_at)
-
-    def issued_at_iso(self) -> str:
-        return _iso(self.issued_at)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
 
 
 class TokenService:

@@ -1,0 +1,1 @@
+"""OpenStack adapters: Swift (StateStore, BlobStore), Keystone and the rest, via openstacksdk."""
