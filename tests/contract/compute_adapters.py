@@ -1,8 +1,9 @@
 """The Compute adapters the contract suite runs against, and the local sandbox they use.
 
-To put another adapter (Nova + Cinder, EC2 + EBS, against recorded HTTP) under the suite, write
-a factory: a context manager yielding a `ComputeUnderTest` and cleaning up after, and add it
-to `COMPUTE_FACTORIES`.
+To put another adapter under the suite, write a factory: a context manager taking the pytest
+request (so it can ask for a server fixture) that yields a `ComputeUnderTest` and cleans up
+after, and add it to `COMPUTE_FACTORIES`. EC2 + EBS runs here on moto; Nova + Cinder cannot
+(its tests replay recorded exchanges, which fit one scripted scenario, not a generic suite).
 
 The local sandbox gives each test its own root directory, address pool file space and cgroup
 parent, runs a stand-in guest agent (stand_in_guest_agent.py) with the system Python, and on
@@ -28,10 +29,12 @@ from typing import Any
 import psutil
 import pytest
 
+from shared.adapters.aws.ec2_compute import TAG_INSTANCE, TAG_KEPT, Ec2Compute, make_ec2_client
 from shared.adapters.local import volumes
 from shared.adapters.local.cgroups import CgroupHierarchies
 from shared.adapters.local.compute import META_DATA_ENV, LocalCompute
-from shared.ports import Compute
+from shared.ports import Compute, FlavorSpec
+from tests.contract import moto_server
 
 STAND_IN_AGENT = Path(__file__).with_name("stand_in_guest_agent.py")
 # The guest user cannot reach the venv's interpreter here (it lives under /root, mode 0700).
@@ -187,10 +190,13 @@ class ComputeUnderTest:
     compute: Compute
     reopen: Callable[[], Compute]
     user_data: dict[str, Any] = field(default_factory=dict)
+    # Capability flags: what a cloud does not promise. A freed address is handed out again
+    # by the local pool; EC2 (moto included) picks private addresses at random.
+    reuses_addresses: bool = True
 
 
 @contextmanager
-def local_loop_compute() -> Iterator[ComputeUnderTest]:
+def local_loop_compute(request: pytest.FixtureRequest) -> Iterator[ComputeUnderTest]:
     with local_compute_sandbox() as sandbox:
         compute = sandbox.open()
         if compute.volume_support()[0] != volumes.LOOP:
@@ -199,7 +205,7 @@ def local_loop_compute() -> Iterator[ComputeUnderTest]:
 
 
 @contextmanager
-def local_directory_compute() -> Iterator[ComputeUnderTest]:
+def local_directory_compute(request: pytest.FixtureRequest) -> Iterator[ComputeUnderTest]:
     with local_compute_sandbox() as sandbox:
         compute = sandbox.open(force_directory_volumes=True)
         yield ComputeUnderTest(
@@ -207,7 +213,61 @@ def local_directory_compute() -> Iterator[ComputeUnderTest]:
         )
 
 
-COMPUTE_FACTORIES: dict[str, Callable[[], Any]] = {
+@contextmanager
+def ec2_moto_compute(request: pytest.FixtureRequest) -> Iterator[ComputeUnderTest]:
+    """Ec2Compute on the session's moto server (EC2 + EBS; its first EC2 call costs seconds, so
+    it is shared). Each test starts with no troveless instance or volume and leaves none: what
+    the adapter's deletes leave behind fails the test."""
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    client = make_ec2_client(
+        endpoint,
+        region=moto_server.REGION,
+        access_key=moto_server.ACCESS_KEY,
+        secret_key=moto_server.SECRET_KEY,
+    )
+
+    def open_adapter() -> Ec2Compute:
+        return Ec2Compute(
+            client,
+            images={"mariadb": "ami-0a1b2c3d4e5f60001"},
+            instance_types={
+                FlavorSpec(ram_mb=256, vcpus=1): "t3.nano",
+                FlavorSpec(ram_mb=512, vcpus=2): "t3.micro",
+            },
+            zones=("us-east-1a", "us-east-1b", "us-east-1c"),
+            poll_interval=0.05,
+            timeout=30,
+        )
+
+    def troveless_volumes() -> list[str]:
+        found = client.describe_volumes(Filters=[{"Name": "tag-key", "Values": [TAG_INSTANCE]}])
+        return [v["VolumeId"] for v in found["Volumes"]]
+
+    compute = open_adapter()
+    assert compute.list_servers() == [] and troveless_volumes() == [], "EC2 not empty"
+    leaks: list[str] = []
+    try:
+        yield ComputeUnderTest(
+            "ec2-moto",
+            compute,
+            open_adapter,
+            user_data={"datastore_type": "mariadb", "datastore_version": "11.4"},
+            reuses_addresses=False,
+        )
+    finally:
+        for server in compute.list_servers():
+            compute.delete_server(server.instance_id)
+        # Kept volumes are the tests' to leave; anything else left is a leak.
+        for volume_id in troveless_volumes():
+            kept = client.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+            if {"Key": TAG_KEPT, "Value": "true"} not in kept.get("Tags", []):
+                leaks.append(volume_id)
+            client.delete_volume(VolumeId=volume_id)
+    assert not leaks, f"volumes left behind after deleting every server: {leaks}"
+
+
+COMPUTE_FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
     "local-loop": local_loop_compute,
     "local-directory": local_directory_compute,
+    "ec2-moto": ec2_moto_compute,
 }

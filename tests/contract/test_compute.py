@@ -17,7 +17,7 @@ LARGER = FlavorSpec(ram_mb=512, vcpus=2)
 
 @pytest.fixture(params=sorted(COMPUTE_FACTORIES))
 def cut(request: pytest.FixtureRequest) -> Iterator[ComputeUnderTest]:
-    with COMPUTE_FACTORIES[request.param]() as under_test:
+    with COMPUTE_FACTORIES[request.param](request) as under_test:
         yield under_test
 
 
@@ -151,7 +151,9 @@ def test_delete_is_idempotent_and_frees_the_address(cut: ComputeUnderTest) -> No
     cut.compute.delete_server("inst-a")
     cut.compute.delete_server("inst-never-existed")
     assert cut.compute.list_servers() == []
-    assert create(cut, "inst-b").address == first.address
+    again = create(cut, "inst-b")
+    if cut.reuses_addresses:
+        assert again.address == first.address
 
 
 def test_kept_volume_can_be_attached_to_a_new_server(cut: ComputeUnderTest) -> None:
