@@ -16,6 +16,9 @@ competing-consumers test pushes through: moto's SQS does O(queue length) work pe
 rarely, both get the same message: SQS standard queues promise at-least-once only (and moto's
 threaded server shows it), so there the competing-consumer tests require that nothing is
 lost, not that nothing is duplicated.
+`shortest_claim_seconds` is how long the backend holds a claim at the least, whatever was asked
+(Zaqar refuses claims under 60 s); tests that wait for a shorter claim to run out skip backends
+where it exceeds what they asked.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
+from zaqarclient.queues.v2 import client as zaqar_client
 
 from shared.adapters.aws.sqs_queue import SqsQueue
 from shared.adapters.local.sqlite_queue import SqliteQueue
+from shared.adapters.openstack.zaqar_queue import ZaqarQueue
 from shared.clock import ManualClock
 from shared.ports import JSON, Clock, Queue
 from tests.contract import moto_server
@@ -70,6 +75,7 @@ class QueueUnderTest:
     detects_stale_receipts: bool = True
     bulk_messages: int = 2000
     delivers_once_under_competition: bool = True
+    shortest_claim_seconds: float = 0.0
     _opened: list[Queue] = field(default_factory=list)
 
     def open(self) -> Queue:
@@ -156,14 +162,65 @@ def sqs_on_moto(request: pytest.FixtureRequest) -> Iterator[QueueUnderTest]:
         backend.delete_queues()
 
 
+@dataclass(frozen=True)
+class ZaqarQueueBackend:
+    """Zaqar on a real server (tests/servers/zaqar.py); each test has a project of its own."""
+
+    endpoint: str
+    project: str
+
+    def client(self) -> Any:
+        return zaqar_client.Client(
+            self.endpoint,
+            version=2,
+            conf={"auth_opts": {"backend": "noauth", "options": {"os_project_id": self.project}}},
+        )
+
+    def open(self, clock: Clock | None = None) -> Queue:
+        return ZaqarQueue(self.client())
+
+    def delete_queues(self) -> None:
+        """Delete the project's queues (and their messages) so the server does not fill up."""
+        client = self.client()
+        listing, _count = client.queues()  # the iterator follows Zaqar's pages
+        for queue in list(listing):
+            queue.delete()
+
+
+def zaqar_on_server(request: pytest.FixtureRequest) -> Iterator[QueueUnderTest]:
+    endpoint = str(request.getfixturevalue("zaqar_endpoint"))  # tests/servers/zaqar.py
+    backend = ZaqarQueueBackend(endpoint, project=f"troveless-{uuid.uuid4().hex[:12]}")
+    under_test = QueueUnderTest(
+        backend,
+        # Zaqar deletes a message only with its current claim id, so an old receipt is refused.
+        detects_stale_receipts=True,
+        # A claim is one Lua script inside Redis, and the adapter claims one message at a
+        # time (Zaqar's several-message claims can take claimed messages), so two live claims
+        # never hold the same message.
+        delivers_once_under_competition=True,
+        # Each message costs a claim and a delete, several ms each on Zaqar's one-request-at-a-
+        # time server: 300 messages take about 10 s.
+        bulk_messages=300,
+        # Zaqar refuses claims under 60 s (MIN_CLAIM_TTL, not configurable).
+        shortest_claim_seconds=60.0,
+    )
+    try:
+        yield under_test
+    finally:
+        under_test.close()
+        backend.delete_queues()
+
+
 IN_PROCESS_BACKENDS: dict[str, BackendFactory] = {
     "sqlite": sqlite_on_system_clock,
     "sqlite-manual-clock": sqlite_on_manual_clock,
     "sqs-moto": sqs_on_moto,
+    "zaqar": zaqar_on_server,
 }
 CROSS_PROCESS_BACKENDS: dict[str, BackendFactory] = {
     "sqlite": sqlite_on_system_clock,
     "sqs-moto": sqs_on_moto,
+    "zaqar": zaqar_on_server,
 }
 
 
