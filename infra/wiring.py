@@ -1,7 +1,7 @@
 """Composition root: builds the functions' Runtime for a profile from Settings.
 
-Only the local profile is wired so far; the OpenStack (Swift, Zaqar, Nova) and AWS (S3, SQS,
-EC2, Step Functions) adapters plug in here.
+The local profile is wired here, the aws profile (S3, SQS, EC2, Step Functions) in
+infra/aws/wiring.py; the OpenStack adapters (Swift, Zaqar, Nova) plug in here too.
 """
 
 from __future__ import annotations
@@ -103,6 +103,11 @@ def build_local(settings: Settings) -> tuple[Runtime, LocalCloud, DurableDriver]
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    # Cloud profiles are imported only when chosen: a local run needs none of their SDKs.
     if settings.profile is Profile.LOCAL:
         return build_local(settings)[0]
+    if settings.profile is Profile.AWS:
+        from infra.aws.wiring import build_aws
+
+        return build_aws(settings)
     raise WiringError(f"profile {settings.profile.value!r} is not wired yet")

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.aws_settings import OptionalAwsSettings
 from shared.errors import TrovelessError
 from shared.models.flavor import Flavor
 
@@ -102,6 +103,8 @@ class Settings(BaseSettings):
     region: str = "RegionOne"
     token_ttl_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 86400
     guest_prepare_timeout: Annotated[int, Field(ge=1)] = 300
+    # The aws profile's bucket, queues, state machines... (TROVELESS_AWS_*; None elsewhere).
+    aws: OptionalAwsSettings = None
 
     @field_validator("heartbeat_expiry")
     @classmethod
