@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-BENCHMARKS = ["store", "queue", "engine", "prepare", "server", "api", "backup"]
+BENCHMARKS = ["store", "queue", "engine", "prepare", "server", "api", "backup", "aws", "zaqar"]
 
 
 def _fmt(value: Any) -> str:
