@@ -41,9 +41,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from shared.adapters.queue_rules import (
+    check_dead_letter_arguments,
+    check_queue_name,
+    decode_body,
+    encode_body,
+)
 from shared.errors import InvalidKeyError, NotFoundError, TrovelessError
 from shared.observability import get_logger
-from shared.ports import JSON, QUEUE_NAME_PATTERN, Message
+from shared.ports import JSON, Message
 
 MAX_DELAY_SECONDS = 900
 MAX_VISIBILITY_SECONDS = 43200
@@ -107,10 +113,7 @@ class SqsQueue:
             close()
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _check_name(name: str) -> None:
-        if not isinstance(name, str) or re.fullmatch(QUEUE_NAME_PATTERN, name) is None:
-            raise InvalidKeyError(str(name), f"queue names must match {QUEUE_NAME_PATTERN}")
+    _check_name = staticmethod(check_queue_name)
 
     def _url(self, name: str) -> str:
         self._check_name(name)
@@ -146,41 +149,16 @@ class SqsQueue:
             self._urls[name] = url
         return url
 
-    @staticmethod
-    def _encode(body: JSON) -> str:
-        if not isinstance(body, dict):
-            raise TypeError(f"message bodies must be JSON objects (dict), got {type(body)}")
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-    @staticmethod
-    def _decode(raw: str) -> tuple[JSON | None, str]:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            return None, f"body does not parse as JSON ({type(exc).__name__}: {exc})"
-        if not isinstance(body, dict):
-            return None, f"body is JSON {type(body).__name__}, not an object"
-        return body, ""
+    _encode = staticmethod(encode_body)
+    _decode = staticmethod(decode_body)
 
     # ------------------------------------------------------------------ the port
     def ensure_queue(
         self, name: str, *, max_receives: int | None = None, dead_letter_queue: str | None = None
     ) -> None:
-        self._check_name(name)
-        if (max_receives is None) != (dead_letter_queue is None):
-            raise ValueError(
-                "max_receives and dead_letter_queue go together: a message that was received "
-                "too often must go somewhere, it is never dropped"
-            )
-        if max_receives is not None and (
-            isinstance(max_receives, bool) or not isinstance(max_receives, int) or max_receives < 1
-        ):
-            raise ValueError(f"max_receives must be an integer >= 1, got {max_receives!r}")
+        check_dead_letter_arguments(name, max_receives, dead_letter_queue)
         redrive_policy = ""  # empty removes a previous policy: the latest call wins
         if dead_letter_queue is not None:
-            self._check_name(dead_letter_queue)
-            if dead_letter_queue == name:
-                raise ValueError(f"queue {name!r} cannot be its own dead-letter queue")
             # The dead-letter queue must exist before a policy can point at its ARN.
             dlq_url = self._create(dead_letter_queue)
             arn = self._client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[

@@ -31,7 +31,6 @@ Behaviour the contract suite (tests/contract/test_queue.py) pins down:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -47,10 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.queue_rules import (
+    check_dead_letter_arguments,
+    check_queue_name,
+    decode_body,
+    encode_body,
+)
 from shared.clock import SystemClock
 from shared.errors import InvalidKeyError, NotFoundError, TrovelessError
 from shared.observability import get_logger
-from shared.ports import JSON, QUEUE_NAME_PATTERN, Clock, Message
+from shared.ports import JSON, Clock, Message
 
 SCHEMA_VERSION = 1
 
@@ -283,10 +288,7 @@ class SqliteQueue:
         self.close()
 
     # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_name(name: str) -> None:
-        if not isinstance(name, str) or re.fullmatch(QUEUE_NAME_PATTERN, name) is None:
-            raise InvalidKeyError(str(name), f"queue names must match {QUEUE_NAME_PATTERN}")
+    _check_name = staticmethod(check_queue_name)
 
     def _require_queue(self, name: str) -> None:
         self._check_name(name)
@@ -310,30 +312,13 @@ class SqliteQueue:
             raise InvalidKeyError(str(receipt), "not a receipt handed out by this queue")
         return int(match.group(1)), match.group(2)
 
-    @staticmethod
-    def _encode(body: JSON) -> str:
-        if not isinstance(body, dict):
-            raise TypeError(f"message bodies must be JSON objects (dict), got {type(body)}")
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    _encode = staticmethod(encode_body)
 
     # ------------------------------------------------------------------ the port
     def ensure_queue(
         self, name: str, *, max_receives: int | None = None, dead_letter_queue: str | None = None
     ) -> None:
-        self._check_name(name)
-        if (max_receives is None) != (dead_letter_queue is None):
-            raise ValueError(
-                "max_receives and dead_letter_queue go together: a message that was received "
-                "too often must go somewhere, it is never dropped"
-            )
-        if max_receives is not None and (
-            isinstance(max_receives, bool) or not isinstance(max_receives, int) or max_receives < 1
-        ):
-            raise ValueError(f"max_receives must be an integer >= 1, got {max_receives!r}")
-        if dead_letter_queue is not None:
-            self._check_name(dead_letter_queue)
-            if dead_letter_queue == name:
-                raise ValueError(f"queue {name!r} cannot be its own dead-letter queue")
+        check_dead_letter_arguments(name, max_receives, dead_letter_queue)
         with self._write() as tx:
             now = self._clock.time()
             if dead_letter_queue is not None:
@@ -492,17 +477,7 @@ class SqliteQueue:
             )
         return messages
 
-    @staticmethod
-    def _decode(raw: bytes | None) -> tuple[JSON | None, str]:
-        if raw is None:
-            return None, "body is missing"
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            return None, f"body does not parse as JSON ({type(exc).__name__}: {exc})"
-        if not isinstance(body, dict):
-            return None, f"body is JSON {type(body).__name__}, not an object"
-        return body, ""
+    _decode = staticmethod(decode_body)
 
     def ack(self, queue: str, receipt: str) -> None:
         seq, token = self._parse_receipt(receipt)

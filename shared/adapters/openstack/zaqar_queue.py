@@ -78,9 +78,10 @@ from typing import Any
 from zaqarclient.queues.v2 import core
 from zaqarclient.transport import errors as zaqar_errors
 
+from shared.adapters.queue_rules import check_dead_letter_arguments, check_queue_name
 from shared.errors import InvalidKeyError, NotFoundError, TrovelessError
 from shared.observability import get_logger
-from shared.ports import JSON, QUEUE_NAME_PATTERN, Message
+from shared.ports import JSON, Message
 
 MIN_CLAIM_SECONDS = 60  # Zaqar's MIN_CLAIM_TTL (also its smallest grace)
 MAX_CLAIM_SECONDS = 43200  # Zaqar's default max_claim_ttl
@@ -142,10 +143,7 @@ class ZaqarQueue:
         request, transport = self._client._request_and_transport()
         return operation(transport, request, *args, **kwargs)
 
-    @staticmethod
-    def _check_name(name: str) -> None:
-        if not isinstance(name, str) or re.fullmatch(QUEUE_NAME_PATTERN, name) is None:
-            raise InvalidKeyError(str(name), f"queue names must match {QUEUE_NAME_PATTERN}")
+    _check_name = staticmethod(check_queue_name)
 
     def _metadata(self, name: str) -> dict[str, Any]:
         return dict(self._call(core.queue_get, name) or {})
@@ -204,24 +202,12 @@ class ZaqarQueue:
     def ensure_queue(
         self, name: str, *, max_receives: int | None = None, dead_letter_queue: str | None = None
     ) -> None:
-        self._check_name(name)
-        if (max_receives is None) != (dead_letter_queue is None):
-            raise ValueError(
-                "max_receives and dead_letter_queue go together: a message that was received "
-                "too often must go somewhere, it is never dropped"
-            )
-        if max_receives is not None and (
-            isinstance(max_receives, bool) or not isinstance(max_receives, int) or max_receives < 1
-        ):
-            raise ValueError(f"max_receives must be an integer >= 1, got {max_receives!r}")
+        check_dead_letter_arguments(name, max_receives, dead_letter_queue)
         base = {QUEUE_MARKER: 1, "_default_message_delay": 1}
         if dead_letter_queue is None:
             # Reserved keys: Zaqar accepts their removal even when they are not set.
             self._declare(name, base, removed=["_max_claim_count", "_dead_letter_queue"])
             return
-        self._check_name(dead_letter_queue)
-        if dead_letter_queue == name:
-            raise ValueError(f"queue {name!r} cannot be its own dead-letter queue")
         self._declare(dead_letter_queue, base)
         self._declare(
             name,
