@@ -33,7 +33,22 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-deps: $(STAMPS)/apt $(STAMPS)/venv
+# The OpenStack servers the contract suites run against, each in a venv of its own (their pins
+# clash with ours): Swift all-in-one and Zaqar. tests/servers/ starts them on loopback.
+SERVER_VENVS := .venvs
+SWIFT_VERSION := 2.38.3
+ZAQAR_VERSION := 23.0.1
+$(STAMPS)/servers: $(STAMPS)/apt
+	@mkdir -p $(STAMPS) $(SERVER_VENVS)
+	@test -x $(SERVER_VENVS)/swift/bin/python || $(BASE_PYTHON) -m venv $(SERVER_VENVS)/swift
+	@$(SERVER_VENVS)/swift/bin/python -m pip install -q -U pip
+	@$(SERVER_VENVS)/swift/bin/python -m pip install -q 'swift==$(SWIFT_VERSION)'
+	@test -x $(SERVER_VENVS)/zaqar/bin/python || $(BASE_PYTHON) -m venv $(SERVER_VENVS)/zaqar
+	@$(SERVER_VENVS)/zaqar/bin/python -m pip install -q -U pip
+	@$(SERVER_VENVS)/zaqar/bin/python -m pip install -q 'zaqar==$(ZAQAR_VERSION)' redis
+	@touch $@
+
+deps: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/servers
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .
@@ -56,4 +71,4 @@ bench: deps
 	$(PY) -m bench
 
 clean-venv:
-	rm -rf $(VENV) $(STAMPS)
+	rm -rf $(VENV) $(STAMPS) $(SERVER_VENVS)

@@ -13,7 +13,18 @@ import json
 import sys
 from typing import Any
 
-BENCHMARKS = ["store", "queue", "engine", "prepare", "server", "api", "backup", "aws", "zaqar"]
+BENCHMARKS = [
+    "store",
+    "queue",
+    "engine",
+    "prepare",
+    "server",
+    "api",
+    "backup",
+    "aws",
+    "swift",
+    "zaqar",
+]
 
 
 def _fmt(value: Any) -> str:

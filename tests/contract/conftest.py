@@ -38,10 +38,14 @@ from shared.adapters.aws.s3_client import make_s3_client
 from shared.adapters.aws.s3_state_store import S3StateStore
 from shared.adapters.local.blob_store import DirectoryBlobStore
 from shared.adapters.local.state_store import DirectoryStateStore, Durability
+from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
+from shared.adapters.openstack.swift_client import SwiftContainer, tempauth_connection
+from shared.adapters.openstack.swift_state_store import SwiftStateStore
 from shared.clock import ManualClock
 from shared.errors import ConflictError
 from shared.ports import JSON, BlobStore, Clock, StateStore
 from tests.contract import moto_server
+from tests.servers.swift import SwiftEndpoint
 
 # Children start from a clean interpreter: no inherited locks, descriptors or threads.
 SPAWN = multiprocessing.get_context("spawn")
@@ -257,13 +261,122 @@ def s3_blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStoreBackend
         yield S3BlobBackend(location)
 
 
+# --------------------------------------------------------------------------- Swift backends (AIO)
+@dataclass(frozen=True)
+class SwiftLocation:
+    """Where a Swift-backed store keeps its data: the all-in-one, a container, a name prefix."""
+
+    endpoint: SwiftEndpoint
+    container: str
+    prefix: str = "store/"
+
+    def object_store(self) -> Any:
+        endpoint = self.endpoint
+        return tempauth_connection(endpoint.auth_url, endpoint.user, endpoint.key).object_store
+
+    def client(self) -> SwiftContainer:
+        return SwiftContainer(self.object_store(), self.container)
+
+    def rewrite(self, name: str, change: Callable[[bytes], bytes]) -> None:
+        """Replace a stored object's bytes with `change(bytes)`, keeping its metadata."""
+        client = self.client()
+        response = client.request("GET", name, expect=(200,))
+        kept = {
+            header: value
+            for header, value in response.headers.items()
+            if header.lower().startswith("x-object-meta-") or header.lower() == "content-type"
+        }
+        client.request("PUT", name, expect=(201,), headers=kept, data=change(response.content))
+
+    def remove_container(self) -> None:
+        self.client().delete_container()
+
+
+@dataclass(frozen=True)
+class SwiftStateBackend:
+    location: SwiftLocation
+    # A contended increment costs about 20 requests (reads, the create, the check listing, the
+    # claim HEAD, retries) and the all-in-one's single-worker servers share this machine's two
+    # cores with the test: 8 x 500 would take many minutes; 8 x 10 still meets many races.
+    increments_per_process: ClassVar[int] = 10
+
+    def open(self, clock: Clock | None = None) -> StateStore:
+        location = self.location
+        return SwiftStateStore(location.object_store(), location.container, location.prefix, clock)
+
+    def without_fsync(self) -> StateStoreBackend:
+        return self  # durability is Swift's business; there is no faster mode
+
+    def damage_latest_revision(self, key: str, how: Damage) -> None:
+        location = self.location
+        store = SwiftStateStore(location.object_store(), location.container, location.prefix)
+        name = store.latest_revision_object(key)
+        assert name is not None, f"{key} has no revision to damage"
+
+        def damage(raw: bytes) -> bytes:
+            if how == "truncate":
+                return raw[: len(raw) // 2]
+            envelope = json.loads(raw)
+            envelope["data"] = {"tampered": True}
+            return json.dumps(envelope, sort_keys=True).encode()
+
+        location.rewrite(name, damage)
+
+
+@dataclass(frozen=True)
+class SwiftBlobBackend:
+    location: SwiftLocation
+    # Small segments, so that every test object past the first buffer is a multi-segment SLO.
+    segment_bytes: int = 4 * 1024 * 1024
+
+    def open(self) -> BlobStore:
+        location = self.location
+        return SwiftBlobStore(
+            location.object_store(),
+            location.container,
+            location.prefix,
+            segment_bytes=self.segment_bytes,
+        )
+
+    def damage_object(self, key: str) -> None:
+        store = SwiftBlobStore(
+            self.location.object_store(), self.location.container, self.location.prefix
+        )
+        name = store.first_stored_object(key)
+        self.location.rewrite(name, lambda raw: bytes([raw[0] ^ 0xFF]) + raw[1:])
+
+
+@contextmanager
+def _fresh_container(request: pytest.FixtureRequest) -> Iterator[SwiftLocation]:
+    """A container of its own on the session's Swift all-in-one, removed (with its objects)."""
+    endpoint: SwiftEndpoint = request.getfixturevalue("swift_endpoint")
+    location = SwiftLocation(endpoint, f"troveless-{uuid.uuid4().hex[:16]}")
+    location.client().ensure()
+    try:
+        yield location
+    finally:
+        location.remove_container()
+
+
+def swift_state_backend(request: pytest.FixtureRequest) -> Iterator[StateStoreBackend]:
+    with _fresh_container(request) as location:
+        yield SwiftStateBackend(location)
+
+
+def swift_blob_backend(request: pytest.FixtureRequest) -> Iterator[BlobStoreBackend]:
+    with _fresh_container(request) as location:
+        yield SwiftBlobBackend(location)
+
+
 STATE_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[StateStoreBackend]]] = {
     "directory": directory_state_backend,
     "s3-moto": s3_state_backend,
+    "swift": swift_state_backend,
 }
 BLOB_STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Iterator[BlobStoreBackend]]] = {
     "directory": directory_blob_backend,
     "s3-moto": s3_blob_backend,
+    "swift": swift_blob_backend,
 }
 
 
