@@ -48,6 +48,23 @@ class LocalBackends(DomainModel):
     blob_dir: Path
 
 
+class OpenStackBackends(DomainModel):
+    """How a guest of the openstack profile reaches Zaqar (its queues) and Swift (backups).
+
+    Only the single-machine form exists (`troveless up --profile openstack`, local compute):
+    Zaqar without auth, Swift by v1 (tempauth) credentials. The key is a SecretStr (never
+    shown); it is in the user-data because the file is readable by the guest's user alone.
+    """
+
+    zaqar_url: Annotated[str, Field(min_length=1)]
+    zaqar_project_id: Annotated[str, Field(min_length=1)]
+    swift_auth_url: Annotated[str, Field(min_length=1)]
+    swift_user: Annotated[str, Field(min_length=1)]
+    swift_key: SecretStr
+    backups_container: Annotated[str, Field(pattern=r"^[^/]{1,256}$")]
+    queue_poll_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
+
+
 class UserData(DomainModel):
     """The control plane's instructions to one guest agent."""
 
@@ -59,6 +76,7 @@ class UserData(DomainModel):
     secret: SecretStr = Field(description="base64 of the per-instance secret (>= 32 bytes)")
     profile: Profile = Profile.LOCAL
     local: LocalBackends | None = None
+    openstack: OpenStackBackends | None = None
     heartbeat_interval: Annotated[float, Field(gt=0, le=300)] = 1.0
     # A command older than this (by its timestamp) is refused as stale; its deadline still
     # applies when it is earlier.
@@ -83,6 +101,8 @@ class UserData(DomainModel):
     def _backends_for_profile(self) -> UserData:
         if self.profile is Profile.LOCAL and self.local is None:
             raise ValueError("local: the local profile needs queue_path and blob_dir")
+        if self.profile is Profile.OPENSTACK and self.openstack is None:
+            raise ValueError("openstack: the openstack profile needs its Zaqar and Swift section")
         return self
 
     def secret_bytes(self) -> bytes:

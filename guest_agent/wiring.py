@@ -33,10 +33,44 @@ def build_backends(config: AgentConfig, clock: Clock) -> Backends:
             queue=SqliteQueue(local.queue_path, clock),
             blobs=DirectoryBlobStore(local.blob_dir, clock=clock),
         )
-    raise UserDataError(
-        f"profile: the guest agent has no {user_data.profile.value} backends yet "
-        "(only the local profile)"
-    )
+    if user_data.profile is Profile.OPENSTACK:
+        from zaqarclient.queues.v2 import client as zaqar_client
+
+        from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
+        from shared.adapters.openstack.swift_client import SwiftError, tempauth_connection
+        from shared.adapters.openstack.zaqar_queue import ZaqarQueue
+
+        openstack = user_data.openstack
+        if openstack is None:  # refused by the model already, as for local
+            raise UserDataError(
+                "openstack: the openstack profile needs its Zaqar and Swift section"
+            )
+        zaqar = zaqar_client.Client(
+            openstack.zaqar_url,
+            version=2,
+            conf={
+                "auth_opts": {
+                    "backend": "noauth",
+                    "options": {"os_project_id": openstack.zaqar_project_id},
+                }
+            },
+        )
+        try:
+            swift = tempauth_connection(
+                openstack.swift_auth_url,
+                openstack.swift_user,
+                openstack.swift_key.get_secret_value(),
+            )
+        except (SwiftError, OSError) as exc:  # the message names the URL, never the key
+            raise UserDataError(f"openstack: cannot reach Swift: {exc}") from None
+        return Backends(
+            queue=ZaqarQueue(zaqar, poll_interval=openstack.queue_poll_interval),
+            # The control plane made the container; the guest may only write objects into it.
+            blobs=SwiftBlobStore(
+                swift.object_store, openstack.backups_container, create_container=False
+            ),
+        )
+    raise UserDataError(f"profile: the guest agent has no {user_data.profile.value} backends")
 
 
 def build_manager(config: AgentConfig) -> DatastoreManager:

@@ -1,7 +1,9 @@
 """Composition root: builds the functions' Runtime for a profile from Settings.
 
 The local profile is wired here, the aws profile (S3, SQS, EC2, Step Functions) in
-infra/aws/wiring.py; the OpenStack adapters (Swift, Zaqar, Nova) plug in here too.
+infra/aws/wiring.py, the openstack profile's embedded cloud (Swift, Zaqar, local compute) in
+infra/openstack/wiring.py. `build_embedded` is what `troveless up` runs on, for either the
+local or the openstack profile.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.runtime import Runtime
-from infra.local.cloud import LocalCloud
+from infra.local.cloud import EmbeddedCloud, LocalCloud
 from shared.adapters.local.workflows import EngineWorkflows
 from shared.engine.durable import DurableDriver
 from shared.engine.errors import UnknownResourceError
@@ -79,14 +81,46 @@ def master_key(settings: Settings) -> bytes:
         if len(key) != 32:
             raise WiringError("master_key (TROVELESS_MASTER_KEY): must decode to 32 bytes")
         return key
-    if settings.profile is Profile.LOCAL:
+    if settings.profile is Profile.LOCAL or _one_machine_openstack(settings):
         return local_master_key(settings.data_dir)
     raise WiringError("master_key (TROVELESS_MASTER_KEY) is required outside the local profile")
+
+
+def _one_machine_openstack(settings: Settings) -> bool:
+    """The openstack profile with local compute: one machine, like the local profile."""
+    openstack = settings.openstack
+    return (
+        settings.profile is Profile.OPENSTACK
+        and openstack is not None
+        and openstack.compute.value == "local"
+    )
 
 
 def build_local(settings: Settings) -> tuple[Runtime, LocalCloud, DurableDriver]:
     """The embedded cloud's runtime, plus the pieces `troveless up` drives (queue triggers)."""
     cloud = LocalCloud.from_settings(settings)
+    runtime, driver = _embedded_runtime(settings, cloud)
+    return runtime, cloud, driver
+
+
+def build_embedded(settings: Settings) -> tuple[Runtime, EmbeddedCloud, DurableDriver]:
+    """`build_local` for the profile chosen: local adapters, or Swift + Zaqar (openstack)."""
+    if settings.profile is Profile.LOCAL:
+        return build_local(settings)
+    if settings.profile is Profile.OPENSTACK:
+        from infra.openstack.wiring import openstack_cloud
+
+        cloud = openstack_cloud(settings)
+        try:
+            runtime, driver = _embedded_runtime(settings, cloud)
+        except BaseException:
+            cloud.close()
+            raise
+        return runtime, cloud, driver
+    raise WiringError(f"profile {settings.profile.value!r} has no embedded cloud")
+
+
+def _embedded_runtime(settings: Settings, cloud: EmbeddedCloud) -> tuple[Runtime, DurableDriver]:
     driver = DurableDriver(cloud.state, cloud.queue, FunctionsInvoker(), cloud.clock)
     workflows = EngineWorkflows(ExecutionService(driver), settings.state_machines_dir)
     runtime = Runtime(
@@ -99,7 +133,7 @@ def build_local(settings: Settings) -> tuple[Runtime, LocalCloud, DurableDriver]
         workflows=workflows,
         master_key=master_key(settings),
     )
-    return runtime, cloud, driver
+    return runtime, driver
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -110,4 +144,7 @@ def build_runtime(settings: Settings) -> Runtime:
         from infra.aws.wiring import build_aws
 
         return build_aws(settings)
+    if settings.profile is Profile.OPENSTACK:
+        # Only the embedded form (local compute) exists; its wiring refuses Nova and says so.
+        return build_embedded(settings)[0]
     raise WiringError(f"profile {settings.profile.value!r} is not wired yet")

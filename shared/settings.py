@@ -23,6 +23,7 @@ from pydantic_settings import (
 from shared.aws_settings import OptionalAwsSettings
 from shared.errors import TrovelessError
 from shared.models.flavor import Flavor
+from shared.openstack_settings import OptionalOpenStackSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +106,8 @@ class Settings(BaseSettings):
     guest_prepare_timeout: Annotated[int, Field(ge=1)] = 300
     # The aws profile's bucket, queues, state machines... (TROVELESS_AWS_*; None elsewhere).
     aws: OptionalAwsSettings = None
+    # The openstack profile's Swift, Zaqar and compute (TROVELESS_OPENSTACK_*; None elsewhere).
+    openstack: OptionalOpenStackSettings = None
 
     @field_validator("heartbeat_expiry")
     @classmethod

@@ -1,8 +1,10 @@
 """`troveless up`: the whole embedded cloud in the foreground.
 
-It builds the local runtime, takes charge of the servers a previous run left (`adopt`),
-serves the Trove API and a minimal Keystone on one port, runs the queue triggers and the
-timer, and writes `<data_dir>/clouds.yaml` (cloud `troveless`) so that
+It builds the embedded cloud's runtime (`--profile local`: everything under the data
+directory; `--profile openstack`: records and backups in Swift, queues in Zaqar, servers still
+made by local compute, see infra/openstack/wiring.py), takes charge of the servers a previous
+run left (`adopt`), serves the Trove API and a minimal Keystone on one port, runs the queue
+triggers and the timer, and writes `<data_dir>/clouds.yaml` (cloud `troveless`) so that
 `openstack --os-cloud troveless database instance list` works as is. Ctrl-C or SIGTERM stops
 it cleanly; database servers keep running (and are adopted by the next `up`) unless
 `--stop-servers` is given, in which case the next `up` starts them again.
@@ -25,11 +27,11 @@ from functions.runtime import set_runtime
 from infra.local.keystone import PREFIX as IDENTITY_PREFIX
 from infra.local.keystone import LocalKeystone, local_identity
 from infra.local.server import EmbeddedServer
-from infra.wiring import build_local
+from infra.wiring import WiringError, build_embedded
 from shared.observability import get_logger
 from shared.ports import Compute, ServerStatus
 from shared.services.tokens import TokenService
-from shared.settings import Settings, SettingsError, load_settings
+from shared.settings import Profile, Settings, SettingsError, load_settings
 
 log = get_logger("up")
 
@@ -80,6 +82,10 @@ def up(
     stop_servers: Annotated[
         bool, typer.Option("--stop-servers", help="Stop the database servers on exit")
     ] = False,
+    profile: Annotated[
+        Profile | None,
+        typer.Option(help="local, or openstack (Swift + Zaqar; TROVELESS_OPENSTACK_*)"),
+    ] = None,
 ) -> None:
     """Start the embedded cloud in the foreground: API, Keystone, triggers, compute."""
     overrides: dict[str, object] = {}
@@ -89,13 +95,19 @@ def up(
         overrides["api_host"] = host
     if port is not None:
         overrides["api_port"] = port
+    if profile is not None:
+        overrides["profile"] = profile
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    runtime, cloud, driver = build_local(settings)
+    try:
+        runtime, cloud, driver = build_embedded(settings)
+    except WiringError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     set_runtime(runtime)
     stopped = threading.Event()
 
@@ -121,7 +133,10 @@ def up(
         typer.echo(
             f"troveless is up: {server.url}  (Trove API /v1.0, Keystone {IDENTITY_PREFIX}/v3)"
         )
-        typer.echo(f"  data directory: {settings.data_dir}; servers adopted: {len(adopted)}")
+        typer.echo(
+            f"  profile: {settings.profile.value}; data directory: {settings.data_dir}; "
+            f"servers adopted: {len(adopted)}"
+        )
         typer.echo(f"  credentials for user {first.name!r} (project {first.project!r}): {clouds}")
         typer.echo(f"export OS_CLIENT_CONFIG_FILE={clouds}")
         typer.echo("then: openstack --os-cloud troveless database instance list   (Ctrl-C stops)")

@@ -7,6 +7,9 @@ adapters. Layout under `data_dir`:
     blobs/      DirectoryBlobStore (backups, published logs)
     queues/     SqliteQueue database, shared by the control plane and the local guests
     compute/    LocalCompute: one directory per server (volume image, user-data, logs)
+
+`EmbeddedCloud` is what `troveless up` runs on whatever the profile: its stores and queue
+(local ones here, Swift and Zaqar from infra/openstack/wiring.py) with LocalCompute.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from shared.adapters.local.state_store import DirectoryStateStore
 from shared.adapters.local.system_user import DEFAULT_GUEST_USER, ensure_system_user
 from shared.clock import SystemClock
 from shared.crypto import encode_secret
-from shared.ports import JSON, Clock
+from shared.ports import JSON, BlobStore, Clock, Queue, StateStore
 from shared.services.guest_channel import EVENTS_QUEUE, command_queue_name
 from shared.settings import Settings
 
@@ -30,15 +33,29 @@ QUEUE_FILE = "queues.db"
 
 
 @dataclass
-class LocalCloud:
-    """Every local adapter, built once per process from one Settings."""
+class EmbeddedCloud:
+    """The adapters of the embedded cloud: any profile's stores and queue, local compute."""
 
     settings: Settings
     clock: Clock
+    state: StateStore
+    blobs: BlobStore
+    queue: Queue
+    compute: LocalCompute
+
+    def close(self) -> None:
+        close = getattr(self.queue, "close", None)
+        if callable(close):
+            close()
+
+
+@dataclass
+class LocalCloud(EmbeddedCloud):
+    """Every local adapter, built once per process from one Settings."""
+
     state: DirectoryStateStore
     blobs: DirectoryBlobStore
     queue: SqliteQueue
-    compute: LocalCompute
     queue_path: Path
     blob_dir: Path
 
