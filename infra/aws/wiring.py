@@ -146,6 +146,8 @@ def build_aws(settings: Settings) -> Runtime:
         clock,
         revisions_kept=settings.state_revisions_kept,
         create_bucket=False,
+        # AWS S3's conditional writes are atomic; an S3-compatible endpoint may not be.
+        atomic_conditional_put=aws.endpoint_url is None,
     )
     blobs = S3BlobStore(s3, aws.bucket, aws.blob_prefix, create_bucket=False)
     queue = SqsQueue(_client("sqs", aws, region), aws.queue_prefix)

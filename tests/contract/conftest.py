@@ -197,12 +197,6 @@ class S3StateBackend:
     # moto's server serves ~100-200 requests/s here and one contended increment costs ~15 of
     # them, so 8 x 500 would take over ten minutes; 8 x 10 still meets hundreds of conflicts.
     increments_per_process: ClassVar[int] = 10
-    # Open defect: one CI run lost 1 of 80 increments against moto's threaded server. Either
-    # moto's If-None-Match PUT is not atomic under concurrent requests or the adapter's
-    # create-then-check has a window; until that is settled the result is reported, not gated.
-    known_lost_update: ClassVar[str] = (
-        "S3 on moto: a lost update was seen once (moto's conditional PUT atomicity unverified)"
-    )
 
     def open(self, clock: Clock | None = None) -> StateStore:
         return S3StateStore(

@@ -10,6 +10,14 @@ check, compaction to the last K, delete, and its residual hazards) is shared wit
 store and described in shared/adapters/revision_objects.py; this module gives it S3's four
 object operations.
 
+Not every store that speaks S3 makes a conditional PUT atomic: Swift's s3api and moto's threaded
+server check `If-None-Match` when the request arrives and store later, so two racing creates can
+both succeed, the later overwriting the earlier (measured on Swift, where 8 simultaneous creates
+often all got 201; a contract run on moto once lost 1 increment of 80). So by default each
+create carries a random writer tag in its metadata and the writer reads it back (one HEAD)
+before it trusts its revision. On AWS S3 itself, whose conditional writes are atomic, pass
+`atomic_conditional_put=True` to skip that HEAD.
+
 Leases are records in their own namespace, exactly as in the local store: each acquire, renew
 and release is one compare-and-swap, expiry judged by the injected clock, and the fencing token
 grows whenever the lease passes to a new holder.
@@ -17,6 +25,7 @@ grows whenever the lease passes to a new holder.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,13 +44,17 @@ from shared.adapters.revision_objects import RevisionObjectLog
 from shared.clock import SystemClock
 from shared.ports import JSON, Clock, Lease, Record
 
+# The random tag a create writes into its revision's metadata (see the module docstring).
+WRITER_METADATA = "writer"
+
 
 class S3RevisionObjects:
     """The revision protocol's object operations on one S3 bucket."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, *, atomic_conditional_put: bool) -> None:
         self._client = client
         self._bucket = bucket
+        self._atomic = atomic_conditional_put
 
     def names(self, prefix: str, *, recursive: bool) -> Iterator[str]:
         args: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
@@ -69,6 +82,7 @@ class S3RevisionObjects:
         return body
 
     def create(self, name: str, body: bytes) -> str | None:
+        claim = "" if self._atomic else uuid.uuid4().hex
         try:
             self._client.put_object(
                 Bucket=self._bucket,
@@ -76,15 +90,27 @@ class S3RevisionObjects:
                 Body=body,
                 ContentType="application/json",
                 IfNoneMatch="*",
+                **({} if self._atomic else {"Metadata": {WRITER_METADATA: claim}}),
             )
         except ClientError as exc:
-            if http_status(exc) == 412 or error_code(exc) == "PreconditionFailed":
+            if http_status(exc) in (409, 412) or error_code(exc) in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
                 return None
             raise
-        return ""
+        return claim
 
     def confirm(self, name: str, claim: str) -> bool:
-        return True  # S3's conditional PUT is atomic: a create that succeeded is the only one
+        if self._atomic:
+            return True  # a create that succeeded is the only one
+        try:
+            response = self._client.head_object(Bucket=self._bucket, Key=name)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return False
+            raise
+        return bool(response.get("Metadata", {}).get(WRITER_METADATA) == claim)
 
     def delete(self, name: str) -> None:
         self._client.delete_object(Bucket=self._bucket, Key=name)
@@ -102,6 +128,7 @@ class S3StateStore:
         revisions_kept: int = 20,
         *,
         create_bucket: bool = True,
+        atomic_conditional_put: bool = False,
     ) -> None:
         if revisions_kept < 1:
             raise ValueError(f"revisions_kept must be >= 1, got {revisions_kept}")
@@ -112,7 +139,7 @@ class S3StateStore:
         self.revisions_kept = revisions_kept
         if create_bucket:
             ensure_bucket(client, bucket)
-        objects = S3RevisionObjects(client, bucket)
+        objects = S3RevisionObjects(client, bucket, atomic_conditional_put=atomic_conditional_put)
         self._records = RevisionObjectLog(objects, self.prefix + "records/", revisions_kept)
         self._leases = RevisionObjectLog(objects, self.prefix + "leases/", revisions_kept)
         self._lease_book = RevisionLeases(self._leases, self.clock, key_segments)
