@@ -30,6 +30,7 @@ from shared.observability import get_logger
 from shared.ports import Message
 from shared.services.guest_channel import EVENTS_QUEUE
 from shared.services.guest_events import GuestEventService
+from shared.services.guest_liveness import liveness_refresh_seconds
 
 log = get_logger("guest-events-consumer")
 
@@ -49,6 +50,9 @@ def service(runtime: Runtime | None = None) -> GuestEventService:
                 runtime.workflows,
                 runtime.master_key,
                 heartbeat_max_age=max(30.0, runtime.settings.heartbeat_expiry * 2),
+                liveness_refresh=liveness_refresh_seconds(
+                    runtime.settings.heartbeat_expiry, runtime.settings.heartbeat_interval
+                ),
             )
             cached = (runtime, built)
             _services[id(runtime)] = cached

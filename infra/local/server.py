@@ -5,8 +5,8 @@
   gateway would send the function.
 - Queue triggers: engine workers (`DurableDriver.work`) and the guest-events consumer
   (`functions.guest_events.work`), each a long-poll receive loop on its own thread.
-- Timer: runs the registered periodic functions (the backup scheduler and the heartbeat
-  watchdog plug in here when they land; TIMER_FUNCTIONS is empty until then).
+- Timer: runs the registered periodic functions (TIMER_FUNCTIONS: the backup scheduler and
+  the heartbeat watchdog).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from functions import api, backup_scheduler, guest_events
+from functions import api, backup_scheduler, guest_events, heartbeat_watchdog
 from functions.runtime import Runtime
 from infra.local.keystone import PREFIX as IDENTITY_PREFIX
 from infra.local.keystone import HttpReply, LocalKeystone
@@ -33,7 +33,7 @@ MAX_BODY_BYTES = 1 << 20  # Trove bodies are small; refuse anything bigger than 
 TIMER_INTERVAL = 30.0
 
 # Periodic functions the timer calls with the runtime, each every TIMER_INTERVAL seconds.
-TIMER_FUNCTIONS: list[Callable[[Runtime], None]] = [backup_scheduler.run]
+TIMER_FUNCTIONS: list[Callable[[Runtime], None]] = [backup_scheduler.run, heartbeat_watchdog.run]
 
 
 def proxy_event(

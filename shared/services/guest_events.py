@@ -6,7 +6,9 @@ freshness, replay); a rejected one is counted and dropped. A verified result is 
 it carries a task token, answers the flow waiting on it (SendTaskSuccess with
 `{"command_id", "command", "result"}`, or SendTaskFailure with the guest's error type and
 message). A verified heartbeat updates the instance's `operating_status` only when it
-changed: a steady instance costs no instance write per heartbeat.
+changed: a steady instance costs no instance write per heartbeat. It also refreshes the
+instance's liveness record (shared/services/guest_liveness.py) at most once per
+`liveness_refresh` seconds, which the heartbeat watchdog reads to find guests gone silent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from shared.models.instance import Instance
 from shared.observability import get_logger
 from shared.ports import JSON, Clock, Message, StateStore, Workflows
 from shared.services.guest_channel import GuestEventVerifier
+from shared.services.guest_liveness import GuestLiveness
 from shared.services.instance_secrets import guest_secret
 from shared.services.instances import InstanceRecords
 
@@ -51,12 +54,14 @@ class GuestEventService:
         master_key: bytes,
         *,
         heartbeat_max_age: float = 30.0,
+        liveness_refresh: float = 1.0,
     ) -> None:
         self._store = store
         self._clock = clock
         self._workflows = workflows
         self._master_key = master_key
         self.records = InstanceRecords(store)
+        self.liveness = GuestLiveness(store, clock, refresh_seconds=liveness_refresh)
         self.verifier = GuestEventVerifier(
             store, clock, self._secret_for, heartbeat_max_age=heartbeat_max_age
         )
@@ -129,6 +134,7 @@ class GuestEventService:
     # ------------------------------------------------------------------ heartbeats
     def _on_heartbeat(self, beat: Heartbeat) -> None:
         status = beat.datastore_status
+        self.liveness.beat(beat.instance_id)
 
         def change(current: Instance) -> Instance | None:
             if current.operating_status is status:
@@ -138,6 +144,7 @@ class GuestEventService:
         instance = self.records.find(beat.instance_id)
         if instance is None or instance.operating_status is status:
             return  # the common case: nothing changed, nothing written
+        # This also ends the SHUTDOWN the heartbeat watchdog set for a guest gone silent.
         self.records.update(beat.instance_id, change)
         log.info(
             "operating status changed",

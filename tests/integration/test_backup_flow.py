@@ -5,7 +5,9 @@ restore into a new instance holds exactly the rows of the backup (also through a
 three incrementals). An upload that breaks part-way (the blob store runs out of space) ends
 the backup FAILED with nothing stored. A corrupted object ends
 the restored instance in ERROR with its server gone; a restore into too small a volume is a
-422 through the HTTP API naming both sizes, with nothing made.
+422 through the HTTP API naming both sizes, with nothing made. A guest agent SIGKILLed
+mid-backup is found by the heartbeat watchdog: the backup ends FAILED at the heartbeat
+deadline (not the command's), the instance shows SHUTDOWN until its agent is back.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +30,13 @@ import pymysql
 import pytest
 from pydantic import SecretStr
 
-from functions import api
+from functions import api, heartbeat_watchdog
 from functions.runtime import Runtime
 from infra.local.cloud import LocalCloud
 from infra.local.server import proxy_event
 from shared.models.backup import Backup, BackupStatus
 from shared.models.database import Database, User
-from shared.models.instance import Instance, InstanceStatus
+from shared.models.instance import Instance, InstanceStatus, ServiceStatus
 from shared.services.backup_records import GIB
 from shared.services.backups import BackupService, CreateBackup
 from shared.services.instances import CreateInstance, InstanceService
@@ -334,3 +338,89 @@ def test_a_dead_agent_fails_the_backup_at_the_deadline(short_deadline_cloud: Clo
     assert DEADLINE - 1 <= waited <= DEADLINE + 15
     assert list(env.runtime.blobs.list("")) == []
     assert wait_instance(env, source.id, InstanceStatus.ACTIVE).task.value == "NONE"
+
+
+@contextmanager
+def watchdog_timer(env: Cloud, every: float = 0.25) -> Iterator[None]:
+    """The heartbeat watchdog's timer, as the embedded server runs it (more often)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            heartbeat_watchdog.run(env.runtime)
+
+    thread = threading.Thread(target=loop, name="test-watchdog")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def add_bulk(instance: Instance, rows: int) -> None:
+    """A second, bigger table (about 220 bytes a row) so that the backup takes a while."""
+    conn = connect(instance)
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE bulk (id BIGINT PRIMARY KEY, ref CHAR(32), body VARCHAR(200))")
+        cur.execute(
+            f"INSERT INTO bulk SELECT seq, MD5(seq), REPEAT(SHA2(seq, 256), 2) FROM seq_1_to_{rows}"
+        )
+        conn.commit()
+
+
+@pytest.fixture
+def watched_cloud() -> Iterator[Cloud]:
+    """Guests get 300 s to answer a command, the heartbeat deadline is 5 s, and the
+    heartbeat watchdog runs."""
+    with backup_cloud(guest_prepare_timeout=300) as env, watchdog_timer(env):
+        yield env
+
+
+def test_an_agent_killed_mid_backup_fails_it_at_the_heartbeat_deadline(
+    watched_cloud: Cloud,
+) -> None:
+    env = watched_cloud
+    expiry = env.runtime.settings.heartbeat_expiry
+    source = wait_instance(env, create_mariadb(env).id, InstanceStatus.ACTIVE)
+    fill(source)
+    add_bulk(source, 150_000)
+    expected = fingerprint(source)
+    wait_until(
+        lambda: env.instances.records.get(source.id).operating_status is ServiceStatus.RUNNING,
+        "the first heartbeats",
+    )
+    server = env.runtime.compute.get_server(source.id)
+    assert server is not None and server.agent_pid is not None
+
+    backup = env.backups.create(PROJECT, CreateBackup(name="full", instance_id=source.id))
+    blobs_dir = env.root / "blobs"
+    # The guest has begun streaming once its upload's part file exists: kill it then.
+    wait_until(lambda: any(blobs_dir.rglob("@*.part")), "the guest to start uploading", 60)
+    os.kill(server.agent_pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    failed = wait_backup(env, backup.id)
+    waited = time.monotonic() - killed
+    print(f"\nFAILED {waited:.1f} s after the kill: {failed.fail_reason}")
+    assert failed.status is BackupStatus.FAILED, failed.status
+    reason = failed.fail_reason or ""
+    assert "GuestHeartbeatLost" in reason and "no heartbeat from the guest agent" in reason
+    # At the heartbeat deadline (plus the liveness refresh and the watchdog's period),
+    # far from the command's 300 s.
+    assert waited <= expiry + 5, waited
+    assert list(env.runtime.blobs.list("")) == []
+    after = env.instances.records.get(source.id)
+    assert (after.status, after.task.value) == (InstanceStatus.ACTIVE, "NONE")
+    assert after.operating_status is ServiceStatus.SHUTDOWN
+
+    # The agent comes back (the server boots again): so does the operating status, and the
+    # data is all there.
+    env.runtime.compute.start_server(source.id)
+    wait_until(
+        lambda: env.instances.records.get(source.id).operating_status is ServiceStatus.RUNNING,
+        "heartbeats to resume",
+        TIMEOUT,
+    )
+    assert fingerprint(env.instances.records.get(source.id)) == expected
