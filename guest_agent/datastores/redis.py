@@ -133,6 +133,9 @@ class RedisManager(DatastoreManager):
             "aclfile": str(self.acl_path),
             "save": '""',
             "appendonly": True,
+            # A backup (`redis-cli --rdb`) is a replica's full sync: start it at once instead
+            # of waiting 5 s for more replicas to share the fork.
+            "repl-diskless-sync-delay": 0,
         }
         merged = {**base, **settings}
         lines = ["# Rendered by the troveless guest agent; edits are overwritten."]

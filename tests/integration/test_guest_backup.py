@@ -1,13 +1,13 @@
 """Backups and restores through the guest's command handlers, with real datastores, real data
 and the real directory BlobStore.
 
-Each scenario fills a source instance (MariaDB and PostgreSQL with more than 50 MB of table
-data, Redis with less), backs it up with the `backup` command (data key sealed for the source
-instance, as the control plane sends it), restores it with `prepare` + `restore` on a NEW
-instance (new volume, new address, new instance key, new admin password) and compares row
-counts and a checksum of the rows. MariaDB also restores an incremental chain of three. A
-corrupted object, a missing object and an upload that breaks mid-way are refused, leaving no
-object, no server and no data behind.
+Each scenario fills a source instance (more than 50 MB of table data or values in each
+datastore), backs it up with the `backup` command (data key sealed for the source instance, as
+the control plane sends it), restores it with `prepare` + `restore` on a NEW instance (new
+volume, new address, new instance key, new admin password) and compares row counts and a
+checksum of the rows; Redis also brings its tenant ACL users along. MariaDB also restores an
+incremental chain of three. A corrupted object, a missing object and an upload that breaks
+mid-way are refused, leaving no object, no server and no data behind.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from guest_agent import commands
 from guest_agent.backup.redis import _loaded as redis_loaded
@@ -30,7 +31,7 @@ from guest_agent.backup.stream import new_data_key
 from guest_agent.datastores.base import DatastoreManager
 from guest_agent.datastores.mariadb import MariaDBManager
 from guest_agent.datastores.postgresql import PostgreSQLManager
-from guest_agent.datastores.redis import RedisManager
+from guest_agent.datastores.redis import RedisManager, redis_password_hash
 from shared.adapters.local.blob_store import DirectoryBlobStore
 from shared.crypto import (
     InstanceKeys,
@@ -47,6 +48,7 @@ from tests.integration.datastores.conftest import ADMIN_PASSWORD, ManagerFactory
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
 MB = 1_000_000
+REDIS_USER_PASSWORD = "App-user-Pw-31"
 
 
 @dataclass
@@ -349,7 +351,7 @@ def redis_fingerprint(manager: RedisManager) -> tuple[int, str]:
     return len(keys), digest.hexdigest()
 
 
-def test_redis_backup_restores_identical_keys(
+def test_redis_backup_restores_identical_keys_and_users(
     factory: ManagerFactory, blobs: DirectoryBlobStore
 ) -> None:
     source = new_instance(factory, RedisManager, blobs)
@@ -357,12 +359,14 @@ def test_redis_backup_restores_identical_keys(
     manager.prepare(admin_password=ADMIN_PASSWORD, databases=[], users=[], overrides={})
     with manager._connect() as client:
         pipe = client.pipeline(transaction=False)
-        for i in range(10_000):
+        for i in range(50_000):
             pipe.set(f"key:{i}", secrets.token_hex(512))  # RDB compression gains nothing
         pipe.execute()
+        assert client.config_get("repl-diskless-sync-delay") == {"repl-diskless-sync-delay": "0"}
+    manager.create_user("app", REDIS_USER_PASSWORD)
     state = redis_fingerprint(manager)
     taken = take_backup(source)
-    assert taken.result["data_size_bytes"] >= 5 * MB
+    assert taken.result["data_size_bytes"] >= 50 * MB
     with manager._connect() as client:
         client.flushall()
 
@@ -372,6 +376,26 @@ def test_redis_backup_restores_identical_keys(
     assert redis_fingerprint(restored) == state
     with restored._connect() as client:
         assert client.config_get("appendonly") == {"appendonly": "yes"}
-    restored.restart()  # the AOF written after the restore holds the data
+    # The tenant's user came along: it logs in with its password and reads the data; the ACL
+    # file holds its password hashed only.
+    assert [u["name"] for u in restored.list_users()] == ["app"]
+    assert redis_login(restored, "app", REDIS_USER_PASSWORD) == str(state[0])
+    acl_text = restored.acl_path.read_text()
+    assert (
+        REDIS_USER_PASSWORD not in acl_text and redis_password_hash(REDIS_USER_PASSWORD) in acl_text
+    )
+    restored.restart()  # the AOF written after the restore holds the data, the ACL file the user
     assert wait_for(lambda: redis_loaded(restored), 30)
     assert redis_fingerprint(restored) == state
+    assert redis_login(restored, "app", REDIS_USER_PASSWORD) == str(state[0])
+
+
+def redis_login(manager: RedisManager, user: str, password: str) -> str:
+    """Log in over TCP as `user`; returns the key count it sees."""
+    client = redis.Redis(
+        host=manager.address, port=manager.port, username=user, password=password, socket_timeout=10
+    )
+    try:
+        return str(client.dbsize())
+    finally:
+        client.close()
