@@ -1,7 +1,9 @@
 """The backup object format and the streaming pipelines that write and read it.
 
-Backup: a physical stream (a process's stdout) -> zstd (multi-threaded) -> AES-256-GCM records
--> BlobStore.put, hashing (sha256) the stored bytes and counting the logical ones on the way.
+Backup: a physical stream (a process's stdout) -> zstd (multi-threaded: a `zstd -3 -T2` process
+fed by splicing the tool's pipe, or python-zstandard when there is no zstd binary) ->
+AES-256-GCM records -> BlobStore.put, hashing (sha256) the stored bytes and counting the
+logical ones on the way.
 Restore: BlobStore.get -> sha256 -> records opened -> zstd -> a sink (an extractor's stdin).
 Every stage works on chunks of at most about a MiB: nothing is staged whole, on disk or in memory.
 
@@ -22,14 +24,19 @@ the sha256 and size the control plane recorded for the stored bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
+import os
 import queue
+import shutil
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -48,8 +55,20 @@ _AAD_PREFIX = b"troveless/backup/v1\x00"
 READ_CHUNK_BYTES = 1 << 20
 # Chunks read ahead of the compressor: the source keeps writing while we compress and upload.
 READ_AHEAD_CHUNKS = 4
+COMPRESSED_AHEAD_CHUNKS = 8
 ZSTD_LEVEL = 3
 ZSTD_THREADS = 2
+# Compress with a zstd process when the binary is there (`compressed_by_process`): measured
+# 0.9-1.0x the raw `tool | zstd` pipe on a loaded 2-core machine, python-zstandard in the
+# agent's process 0.5-0.8x (docs/BENCHMARKS.md).
+COMPRESS_WITH_PROCESS = True
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named here for Pythons that lack it
+
+
+def zstd_binary() -> str | None:
+    """The zstd command line to compress with, or None to compress in this process."""
+    return shutil.which("zstd") if COMPRESS_WITH_PROCESS else None
 
 
 class BackupChecksumError(TrovelessError):
@@ -108,7 +127,7 @@ def _check_key(data_key: bytes) -> AESGCM:
 
 # --------------------------------------------------------------------------- writing
 def read_ahead(
-    source: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES
+    source: BinaryIO, chunk_bytes: int = READ_CHUNK_BYTES, depth: int = READ_AHEAD_CHUNKS
 ) -> Generator[bytes, None, None]:
     """The bytes of `source` in chunks, read by a thread at most READ_AHEAD_CHUNKS ahead.
 
@@ -116,7 +135,7 @@ def read_ahead(
     behind. Closing the iterator early tells the thread to stop; it ends after its current
     read returns (at the latest when the source process is killed and its pipe closes).
     """
-    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(READ_AHEAD_CHUNKS)
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
     stop = threading.Event()
 
     def pump() -> None:
@@ -146,7 +165,7 @@ def read_ahead(
         # Room for the pump's pending put, after which it sees `stop`; never wait for it here:
         # its read may block until the caller kills the source.
         with contextlib.suppress(queue.Empty):
-            for _ in range(READ_AHEAD_CHUNKS + 1):
+            for _ in range(depth + 1):
                 chunks.get_nowait()
 
 
@@ -166,6 +185,131 @@ class _Sealer:
         return _LENGTH.pack(len(sealed) | (_FINAL_FLAG if final else 0)) + sealed
 
 
+def compressed_in_process(
+    chunks: Iterable[bytes], counter: list[int] | None = None
+) -> Generator[bytes, None, None]:
+    """zstd output for `chunks`, in pieces of at most RECORD_PLAINTEXT_BYTES (python-zstandard);
+    `counter[0]` accumulates the logical bytes."""
+    # A chunker hands out compressed bytes as the worker threads produce them, in pieces of
+    # exactly RECORD_PLAINTEXT_BYTES (compressobj would hold them back until flush()).
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS).chunker(
+        chunk_size=RECORD_PLAINTEXT_BYTES
+    )
+    for chunk in chunks:
+        if counter is not None:
+            counter[0] += len(chunk)
+        yield from compressor.compress(chunk)
+    yield from compressor.finish()  # type: ignore[no-untyped-call]
+
+
+def _widen_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def _pump(source: BinaryIO, sink_fd: int, counter: list[int]) -> None:
+    """Copy `source` into `sink_fd` until its end, counting the bytes. A pipe source (a tool's
+    stdout nobody has read from) is spliced, never copied through this process's memory."""
+    try:
+        source_fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        source_fd = None
+    if source_fd is not None:
+        try:
+            while moved := os.splice(source_fd, sink_fd, READ_CHUNK_BYTES):
+                counter[0] += moved
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or counter[0]:
+                raise
+            # Not a pipe (a regular file...): copy instead.
+    while chunk := source.read(READ_CHUNK_BYTES):
+        counter[0] += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(sink_fd, view) :]
+
+
+def compressed_by_process(
+    source: BinaryIO, zstd: str, counter: list[int] | None = None
+) -> Generator[bytes, None, None]:
+    """zstd output for `source`, in pieces of at most RECORD_PLAINTEXT_BYTES, from a `zstd`
+    process that a thread feeds (spliced from a tool's stdout); `counter[0]` accumulates the
+    logical bytes. The frames are those the library makes; the compression runs outside this
+    process, in parallel with it, and competes for no lock of ours."""
+    proc = subprocess.Popen(
+        [zstd, f"-{ZSTD_LEVEL}", f"-T{ZSTD_THREADS}", "-q", "-c"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    for pipe in (proc.stdin, proc.stdout):
+        _widen_pipe(pipe.fileno())
+    fed = counter if counter is not None else [0]
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            _pump(source, proc.stdin.fileno(), fed)
+        except BaseException as exc:  # handed to the consumer
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+    feeder = threading.Thread(target=feed, name="backup-zstd-feed", daemon=True)
+    feeder.start()
+    # zstd's output is drained by a thread up to COMPRESSED_AHEAD_CHUNKS ahead: sealing and
+    # storing a record must not stall zstd (and through it the tool) on a busy machine.
+    output = read_ahead(
+        cast(BinaryIO, proc.stdout), RECORD_PLAINTEXT_BYTES, COMPRESSED_AHEAD_CHUNKS
+    )
+    try:
+        yield from output
+        # zstd's own failure first: the feeder's broken pipe would only be its consequence.
+        if proc.wait() != 0:
+            detail = proc.stderr.read().decode(errors="replace")[-500:]
+            raise BackupSourceError(f"zstd failed with exit code {proc.returncode}: {detail}")
+        feeder.join()
+        if failure:
+            raise failure[0]
+    finally:
+        output.close()
+        if proc.poll() is None:
+            # Ended early (the upload failed): zstd dies, so its stdin closes and the feeder's
+            # write fails; the feeder ends at the latest when the source's writer is killed.
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def sealed_stream(
+    pieces: Generator[bytes, None, None],
+    *,
+    backup_id: str,
+    data_key: bytes,
+    on_end: Callable[[], None] = lambda: None,
+) -> Generator[bytes, None, None]:
+    """The stored form of compressed `pieces`: header, then sealed records.
+
+    `on_end` runs once the pieces are exhausted and before the final record: it may raise (the
+    source process failed), and then the stream never ends well, so no put commits it.
+    """
+    sealer = _Sealer(backup_id, data_key)
+    yield MAGIC
+    try:
+        for piece in pieces:
+            yield sealer.seal(piece)
+    finally:
+        pieces.close()  # an early end stops the compressor (and its process) at once
+    on_end()
+    yield sealer.seal(b"", final=True)
+
+
 def encrypted_stream(
     chunks: Iterable[bytes],
     *,
@@ -174,28 +318,14 @@ def encrypted_stream(
     on_end: Callable[[], None] = lambda: None,
     counter: list[int] | None = None,
 ) -> Generator[bytes, None, None]:
-    """The stored form of the logical stream `chunks`: header, then sealed zstd records.
-
-    `on_end` runs once the input is exhausted and before the final record: it may raise (the
-    source process failed), and then the stream never ends well, so no put commits it.
-    `counter[0]` accumulates the logical bytes read.
-    """
-    sealer = _Sealer(backup_id, data_key)
-    # A chunker hands out compressed bytes as the worker threads produce them, in pieces of
-    # exactly RECORD_PLAINTEXT_BYTES (compressobj would hold them back until flush()).
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS).chunker(
-        chunk_size=RECORD_PLAINTEXT_BYTES
+    """The stored form of the logical stream `chunks`, compressed in this process (see
+    `sealed_stream`); `counter[0]` accumulates the logical bytes read."""
+    return sealed_stream(
+        compressed_in_process(chunks, counter),
+        backup_id=backup_id,
+        data_key=data_key,
+        on_end=on_end,
     )
-    yield MAGIC
-    for chunk in chunks:
-        if counter is not None:
-            counter[0] += len(chunk)
-        for piece in compressor.compress(chunk):
-            yield sealer.seal(piece)
-    on_end()
-    for piece in compressor.finish():  # type: ignore[no-untyped-call]
-        yield sealer.seal(piece)
-    yield sealer.seal(b"", final=True)
 
 
 def upload_backup(
@@ -209,8 +339,8 @@ def upload_backup(
     metadata: dict[str, str] | None = None,
 ) -> StoredBackup:
     """Stream `source` (compressed, encrypted) into `location`. `on_end` runs at the source's
-    end before the object commits (see `encrypted_stream`); on any error the BlobStore leaves
-    nothing behind."""
+    end before the object commits (see `sealed_stream`); on any error the BlobStore leaves
+    nothing behind. A pipe `source` must not have been read from (it is spliced by fd)."""
     counter = [0]
     digest = hashlib.sha256()
     stored = 0
@@ -222,15 +352,21 @@ def upload_backup(
             stored += len(piece)
             yield piece
 
-    source_chunks = read_ahead(source)
-    stream = encrypted_stream(
-        source_chunks, backup_id=backup_id, data_key=data_key, on_end=on_end, counter=counter
-    )
+    zstd = zstd_binary()
+    source_chunks = None
+    if zstd is not None:
+        pieces = compressed_by_process(source, zstd, counter)
+    else:
+        source_chunks = read_ahead(source)
+        pieces = compressed_in_process(source_chunks, counter)
+    stream = sealed_stream(pieces, backup_id=backup_id, data_key=data_key, on_end=on_end)
     try:
         info = blobs.put(location, hashed(stream), metadata)
     finally:
         stream.close()
-        source_chunks.close()  # stops the read-ahead thread when the put ended early
+        pieces.close()
+        if source_chunks is not None:
+            source_chunks.close()  # stops the read-ahead thread when the put ended early
     if info.sha256 != digest.hexdigest() or info.size != stored:
         # The store saw other bytes than we sent: never report a backup we cannot vouch for.
         blobs.delete(location)

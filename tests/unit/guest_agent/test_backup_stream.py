@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import struct
+import threading
 import tracemalloc
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
+from guest_agent.backup import stream
 from guest_agent.backup.stream import (
     MAGIC,
     READ_CHUNK_BYTES,
@@ -367,3 +370,79 @@ def test_memory_stays_bounded_for_a_large_stream(tmp_path: Path) -> None:
     # A few MiB chunks in flight, never the stream: a quarter of it would be a leak.
     assert upload_peak < 16 * MIB, upload_peak
     assert download_peak < 16 * MIB, download_peak
+
+
+# --------------------------------------------------------------------------- compressors
+def test_a_pipe_source_is_spliced_into_zstd_and_counted(tmp_path: Path) -> None:
+    if stream.zstd_binary() is None:
+        pytest.skip("no zstd binary: the guest compresses in process")
+    data = payload(5 * MIB + 123)
+    read_end, write_end = os.pipe()
+
+    def produce() -> None:
+        with os.fdopen(write_end, "wb") as sink:
+            sink.write(data)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    store = DirectoryBlobStore(tmp_path, fsync=False)
+    key = new_data_key()
+    try:
+        with os.fdopen(read_end, "rb") as source:
+            stored = upload_backup(
+                store, source, backup_id="b-pipe", location="backups/b-pipe", data_key=key
+            )
+    finally:
+        producer.join()
+    assert stored.data_size_bytes == len(data)
+    assert download(store, stored, key, "b-pipe") == data
+
+
+def test_without_a_zstd_binary_the_guest_compresses_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "COMPRESS_WITH_PROCESS", False)
+    assert stream.zstd_binary() is None
+    data = payload(3 * MIB)
+    store = DirectoryBlobStore(tmp_path, fsync=False)
+    stored, key = upload(store, data)
+    assert stored.data_size_bytes == len(data)
+    assert download(store, stored, key) == data
+    # Both compressors write the same format: either restores the other's objects.
+    monkeypatch.setattr(stream, "COMPRESS_WITH_PROCESS", True)
+    assert download(store, stored, key) == data
+
+
+def test_a_failing_zstd_process_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "zstd_binary", lambda: shutil.which("false") or "/bin/false")
+    store = DirectoryBlobStore(tmp_path, fsync=False)
+    with pytest.raises(BackupSourceError, match="zstd failed"):
+        upload(store, payload(2 * MIB))
+    assert list(store.list()) == []
+
+
+def test_an_upload_failing_mid_way_stops_the_zstd_process(tmp_path: Path) -> None:
+    if stream.zstd_binary() is None:
+        pytest.skip("no zstd binary: the guest compresses in process")
+    before = _zstd_children()
+    store = FailingAfter(DirectoryBlobStore(tmp_path, fsync=False), 256 * 1024)
+    with pytest.raises(ConnectionError):
+        upload(store, os.urandom(4 * MIB), backup_id="b-fail")
+    assert _zstd_children() == before
+
+
+def _zstd_children() -> set[int]:
+    """Pids of this process's zstd children still alive (zombies included)."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(os.getpid()) and fields.get("Name") == "zstd":
+            found.add(int(status.parent.name))
+    return found
