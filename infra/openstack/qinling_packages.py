@@ -92,9 +92,8 @@ def function_specs(root: Path = REPO_ROOT) -> list[FunctionSpec]:
         FunctionSpec("api", "http", "api"),
         FunctionSpec("guest_events", "queue", "guest_events"),
         FunctionSpec("backup_scheduler", "timer", "backup_scheduler"),
+        FunctionSpec("heartbeat_watchdog", "timer", "heartbeat_watchdog"),
     ]
-    if (root / "functions" / "heartbeat_watchdog.py").is_file():
-        specs.append(FunctionSpec("heartbeat_watchdog", "timer", "heartbeat_watchdog"))
     specs.extend(
         FunctionSpec(module, "tasks", module) for module in task_modules(root / STATE_MACHINES_DIR)
     )

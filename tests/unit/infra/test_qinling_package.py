@@ -40,9 +40,12 @@ def _modules_named_by_state_machines() -> set[str]:
 
 def test_one_package_per_function() -> None:
     names = {spec.name for spec in function_specs()}
-    expected = {"api", "guest_events", "backup_scheduler"} | _modules_named_by_state_machines()
-    if (REPO_ROOT / "functions" / "heartbeat_watchdog.py").exists():
-        expected.add("heartbeat_watchdog")
+    expected = {
+        "api",
+        "guest_events",
+        "backup_scheduler",
+        "heartbeat_watchdog",
+    } | _modules_named_by_state_machines()
     assert names == expected
     assert {"instance_tasks", "backup_tasks"} <= names
 
