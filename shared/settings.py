@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8779  # Trove's port
     heartbeat_interval: Annotated[float, Field(gt=0, le=300)] = 1.0
-    heartbeat_expiry: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Long enough that a loaded host pausing an agent for seconds is not taken for a lost guest.
+    heartbeat_expiry: Annotated[float, Field(gt=0, le=3600)] = 15.0
     availability_zones: list[str] = Field(default_factory=lambda: ["az1"], min_length=1)
     address_pool: str = "127.10.0.0/16"
     state_machines_dir: Path = REPO_ROOT / "state_machines"

@@ -26,14 +26,27 @@ from infra.local.keystone import PREFIX as IDENTITY_PREFIX
 from infra.local.keystone import HttpReply, LocalKeystone
 from shared.engine.durable import DurableDriver
 from shared.observability import get_logger
+from shared.settings import Settings
 
 log = get_logger("embedded-server")
 
 MAX_BODY_BYTES = 1 << 20  # Trove bodies are small; refuse anything bigger than 1 MiB
-TIMER_INTERVAL = 30.0
 
-# Periodic functions the timer calls with the runtime, each every TIMER_INTERVAL seconds.
-TIMER_FUNCTIONS: list[Callable[[Runtime], None]] = [backup_scheduler.run, heartbeat_watchdog.run]
+
+@dataclass(frozen=True)
+class TimerFunction:
+    """A periodic function and how often the timer calls it (seconds, from the settings)."""
+
+    run: Callable[[Runtime], None]
+    every: Callable[[Settings], float]
+
+
+# The backup scheduler fires cron schedules (minute resolution); the watchdog must notice a lost
+# agent soon after `heartbeat_expiry`, so it looks twice per expiry.
+TIMER_FUNCTIONS: list[TimerFunction] = [
+    TimerFunction(backup_scheduler.run, lambda settings: 30.0),
+    TimerFunction(heartbeat_watchdog.run, lambda settings: max(0.5, settings.heartbeat_expiry / 2)),
+]
 
 
 def proxy_event(
@@ -174,12 +187,17 @@ class EmbeddedServer:
         self._threads.append(thread)
 
     def _timer(self) -> None:
-        while not self._stop.wait(TIMER_INTERVAL):
-            for function in TIMER_FUNCTIONS:
+        settings = self.runtime.settings
+        due = [time.monotonic() + timer.every(settings) for timer in TIMER_FUNCTIONS]
+        while not self._stop.wait(max(0.0, min(due) - time.monotonic())):
+            for index, timer in enumerate(TIMER_FUNCTIONS):
+                if time.monotonic() < due[index]:
+                    continue
                 try:
-                    function(self.runtime)
+                    timer.run(self.runtime)
                 except Exception:
-                    log.exception("timer function failed", extra={"function": function.__name__})
+                    log.exception("timer function failed", extra={"function": timer.run.__name__})
+                due[index] = time.monotonic() + timer.every(settings)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting requests, let the loops finish their current batch, and return."""

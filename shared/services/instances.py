@@ -64,6 +64,7 @@ from shared.services.guest_channel import (
     GuestEventVerifier,
     command_queue_name,
 )
+from shared.services.guest_liveness import liveness_key
 from shared.services.instance_listing import ProjectListing
 from shared.services.instance_secrets import guest_secret, seal_guest_secret
 from shared.services.quotas import INSTANCES, VOLUMES, QuotaService
@@ -886,6 +887,7 @@ class InstanceFlowSteps(_InstancePorts):
 
     def forget_guest(self, instance_id: str) -> JSON:
         GuestEventVerifier(self._store, self._clock, lambda _id: None).forget(instance_id)
+        self._store.delete(liveness_key(instance_id))  # else the watchdog removes it later
         with contextlib.suppress(NotFoundError):  # no queue: the server was never made
             self._queue.purge(command_queue_name(instance_id))
         for key in list(self._store.list(results_prefix(instance_id))):
@@ -964,6 +966,7 @@ def describe_failure(error: str, cause: str) -> str:
         "States.Timeout": "the guest agent did not answer in time",
         "States.HeartbeatTimeout": "the guest agent stopped answering",
         "InstanceDeleted": "the instance was deleted",
+        "GuestHeartbeatLost": "the guest agent stopped sending heartbeats",
     }
     lead = reasons.get(error, error)
     return f"{lead}: {why}"[:2000] if why and why != lead else lead

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert settings.profile is Profile.LOCAL
     assert settings.api_port == 8779
     assert settings.heartbeat_interval == 1.0
-    assert settings.heartbeat_expiry == 5.0
+    assert settings.heartbeat_expiry == 15.0
     assert settings.availability_zones == ["az1"]
     assert settings.master_key is None
 

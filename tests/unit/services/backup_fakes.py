@@ -133,10 +133,10 @@ class BackupGuest:
 Env = tuple[World, BackupService, "BackupGuest"]
 
 
-def backup_env(tmp_path: Path) -> Iterator[Env]:
+def backup_env(tmp_path: Path, **settings: object) -> Iterator[Env]:
     """A world with a directory blob store, the backup service and the fake guest (the
-    runtime installed for the task functions while it lives)."""
-    world = make_world(tmp_path)
+    runtime installed for the task functions while it lives); `settings` override defaults."""
+    world = make_world(tmp_path, **settings)
     blobs = DirectoryBlobStore(tmp_path / "objects", fsync=False, clock=world.clock)
     world.runtime.blobs = blobs
     world.service._blobs = blobs

@@ -233,7 +233,7 @@ def test_the_timer_function_ticks_the_scheduler(env: Env) -> None:
     instance_id = active_instance(world, guest)
     hourly(env, instance_id)
     to_next_hour(world)
-    assert backup_scheduler.run in TIMER_FUNCTIONS
+    assert backup_scheduler.run in [timer.run for timer in TIMER_FUNCTIONS]
     backup_scheduler.run(world.runtime)
     assert len(backups.list(PROJECT)) == 1
     assert backup_scheduler.handler({}, None) == {"started": []}  # nothing due any more

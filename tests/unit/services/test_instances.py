@@ -20,6 +20,7 @@ from shared.errors import (
 )
 from shared.models.database import Database, User
 from shared.models.instance import InstanceStatus, InstanceTask, ServiceStatus
+from shared.services.guest_liveness import liveness_key
 from shared.services.instances import CreateInstance, wait_key
 from tests.unit.services.conftest import World, make_world
 
@@ -308,6 +309,7 @@ def test_update_renames(world: World) -> None:
 # --------------------------------------------------------------------------- delete
 def test_delete_removes_everything_and_is_idempotent(world: World) -> None:
     instance_id = provisioned(world)
+    world.store.put(liveness_key(instance_id), {"at": 1.0}, 0)  # as a heartbeat would leave it
     world.workflows.paused = True
     world.service.delete("p1", instance_id)
     deleting = world.service.get("p1", instance_id)
@@ -319,6 +321,7 @@ def test_delete_removes_everything_and_is_idempotent(world: World) -> None:
     world.workflows.settle_all()
     nothing_left(world)
     assert not [k for k in world.store.records if k.startswith(f"guests/{instance_id}")]
+    assert world.store.get(liveness_key(instance_id)) is None
     with pytest.raises(NotFoundError):
         world.service.delete("p1", instance_id)
 
