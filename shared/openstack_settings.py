@@ -59,6 +59,9 @@ class OpenStackSettings(BaseSettings):
     # Every consumer polls (engine workers, guest events, each guest's command queue), so a
     # short interval is latency bought with requests to a single Zaqar.
     queue_poll_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
+    # `troveless up`: Zaqar pushes guest events to the server's /functions/guest-events
+    # (a webhook subscription) instead of a thread pulling them (infra/openstack/wiring.py).
+    guest_events_push: bool = False
 
     @model_validator(mode="after")
     def _reachable(self) -> OpenStackSettings:

@@ -4,7 +4,10 @@
   an API Gateway REST proxy event for `functions.api.handler`, exactly what a cloud's API
   gateway would send the function.
 - Queue triggers: engine workers (`DurableDriver.work`) and the guest-events consumer
-  (`functions.guest_events.work`), each a long-poll receive loop on its own thread.
+  (`functions.guest_events.work`), each a long-poll receive loop on its own thread. In the
+  openstack profile's push mode (`guest_events_push`), Zaqar POSTs guest events to
+  `POST /functions/guest-events` (`functions.guest_events.webhook_handler`, outside the API
+  and its authentication) instead; `GuestEventsPush` subscribes and runs the backstop.
 - Timer: runs the registered periodic functions (TIMER_FUNCTIONS: the backup scheduler and
   the heartbeat watchdog).
 """
@@ -30,6 +33,7 @@ from shared.settings import Settings
 
 log = get_logger("embedded-server")
 
+GUEST_EVENTS_PATH = "/functions/guest-events"
 MAX_BODY_BYTES = 1 << 20  # Trove bodies are small; refuse anything bigger than 1 MiB
 
 
@@ -137,6 +141,8 @@ def _handler_class(server: EmbeddedServer) -> type[BaseHTTPRequestHandler]:
                     self.command, path, headers, body, root=f"http://{host}"
                 )
             event = proxy_event(self.command, self.path, headers, body, self.client_address[0])
+            if path == GUEST_EVENTS_PATH and self.command == "POST":
+                return _reply_from_proxy(guest_events.webhook_handler(event, None))
             return _reply_from_proxy(api.handler(event, None))
 
         # http.server dispatches on these names.
@@ -161,6 +167,7 @@ class EmbeddedServer:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _http: ThreadingHTTPServer | None = None
+    _push: Any = None  # infra.openstack.wiring.GuestEventsPush in push mode
 
     @property
     def url(self) -> str:
@@ -175,10 +182,19 @@ class EmbeddedServer:
         self._spawn("http", http.serve_forever)
         for n in range(self.engine_workers):
             self._spawn(f"engine-{n}", lambda: self.driver.work(self._stop.is_set))
-        self._spawn(
-            "guest-events",
-            lambda: guest_events.work(self._stop.is_set, runtime=self.runtime),
-        )
+        openstack = self.runtime.settings.openstack
+        if openstack is not None and openstack.guest_events_push:
+            from infra.openstack.wiring import GuestEventsPush  # the openstack profile only
+
+            push = GuestEventsPush(self.runtime, self.url + GUEST_EVENTS_PATH)
+            push.start()
+            self._push = push
+            self._spawn("guest-events-backstop", lambda: push.run(self._stop))
+        else:
+            self._spawn(
+                "guest-events",
+                lambda: guest_events.work(self._stop.is_set, runtime=self.runtime),
+            )
         self._spawn("timer", self._timer)
 
     def _spawn(self, name: str, target: Callable[[], object]) -> None:
@@ -202,6 +218,9 @@ class EmbeddedServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting requests, let the loops finish their current batch, and return."""
         self._stop.set()
+        if self._push is not None:
+            self._push.stop()  # first: no more pushes to a server going away
+            self._push = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

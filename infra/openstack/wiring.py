@@ -9,6 +9,8 @@ comes from `Settings.openstack` (TROVELESS_OPENSTACK_*, see shared/openstack_set
   Keystone token of `cloud`;
 - compute: LocalCompute (`compute = "local"`), whose guests get an `openstack` section in
   their user-data saying how to reach Zaqar and Swift themselves. Nova compute is not wired yet.
+- guest events: pulled from Zaqar by a thread of `troveless up`, or, with `guest_events_push`,
+  pushed by Zaqar to the server's /functions/guest-events (`GuestEventsPush`).
 
 The engine (DurableDriver) and the functions run on these exactly as on the local adapters.
 """
@@ -16,11 +18,14 @@ The engine (DurableDriver) and the functions run on these exactly as on the loca
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from zaqarclient.queues.v2 import client as zaqar_client
 
+from functions import guest_events
+from functions.runtime import Runtime
 from infra.local.cloud import EmbeddedCloud
 from infra.wiring import WiringError
 from shared.adapters.local.compute import LocalCompute
@@ -192,3 +197,73 @@ def openstack_cloud(settings: Settings, *, guest_user: str = DEFAULT_GUEST_USER)
     return EmbeddedCloud(
         settings=settings, clock=clock, state=state, blobs=blobs, queue=queue, compute=compute
     )
+
+
+class GuestEventsPush:
+    """Push mode (`guest_events_push`): Zaqar POSTs each guest event to `url`, the embedded
+    server's /functions/guest-events, instead of a thread pulling the events queue.
+
+    `start` subscribes the events queue to `url` (first removing a subscription to the same
+    URL that a killed `troveless up` left behind: Zaqar refuses a second one); `stop`
+    unsubscribes. The subscription lives `SUBSCRIPTION_TTL` seconds and `tick` renews it, so
+    one left by a crash stops pushing at a dead address (and tying up Zaqar's notifier
+    workers in retries) within minutes.
+
+    What happens to the pushed messages: Zaqar pushes a copy of each message as it is posted
+    and still stores the message; nobody deletes it, so with the guests' 14-day TTL the queue
+    would only grow. `tick` is also the backstop that empties it: every `BACKSTOP_SECONDS` it
+    consumes the queue through the pull path (`guest_events.drain`). A message whose push
+    was handled is refused there as a replay (the verifier's seen-state), cheaply and without
+    effect; a message whose push failed (the endpoint answered 503, or was down: Zaqar 23
+    does not retry an HTTP error answer) is handled then. So push mode keeps at-least-once
+    delivery, with the backstop's lag for the failed pushes only, and a bounded queue.
+    """
+
+    SUBSCRIPTION_TTL = 300
+    BACKSTOP_SECONDS = 30.0
+
+    def __init__(self, runtime: Runtime, url: str) -> None:
+        openstack = openstack_settings(runtime.settings)
+        if not isinstance(runtime.queue, ZaqarQueue):
+            raise WiringError("guest-events push needs the Zaqar queue (the openstack profile)")
+        self.runtime = runtime
+        self.url = url
+        self._queue = runtime.queue
+        self._client = zaqar(openstack)
+        self.subscription_id: str | None = None
+
+    def start(self) -> None:
+        for stale in self._client.subscriptions(EVENTS_QUEUE):
+            if stale.subscriber == self.url:
+                stale.delete()
+        self.subscription_id = self._queue.subscribe_webhook(
+            EVENTS_QUEUE, self.url, ttl_seconds=self.SUBSCRIPTION_TTL
+        )
+        log.info("guest events pushed by zaqar", extra={"url": self.url})
+
+    def tick(self) -> int:
+        """Renew the subscription and run the backstop; returns the messages it handled."""
+        if self.subscription_id is not None:
+            subscription = self._client.subscription(
+                EVENTS_QUEUE, id=self.subscription_id, auto_create=False
+            )
+            subscription.update({"ttl": self.SUBSCRIPTION_TTL})
+        return guest_events.drain(self.runtime)
+
+    def run(self, stopping: threading.Event) -> None:
+        """`tick` every BACKSTOP_SECONDS until `stopping` is set (a thread of the server)."""
+        while not stopping.wait(self.BACKSTOP_SECONDS):
+            try:
+                self.tick()
+            except Exception:  # Zaqar or the store hiccuped: try again next time
+                log.exception("guest-events push backstop failed")
+
+    def stop(self) -> None:
+        """Unsubscribe; if Zaqar cannot be reached, the subscription expires on its own."""
+        if self.subscription_id is None:
+            return
+        try:
+            self._queue.unsubscribe(EVENTS_QUEUE, self.subscription_id)
+        except Exception:  # the server must still stop
+            log.exception("guest-events unsubscribe failed; the subscription will expire")
+        self.subscription_id = None
