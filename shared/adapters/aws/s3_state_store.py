@@ -38,11 +38,8 @@ from shared.adapters.aws.s3_client import (
     is_not_found,
     normalized_prefix,
 )
-from shared.adapters.local.store_keys import key_segments
-from shared.adapters.revision_leases import RevisionLeases
-from shared.adapters.revision_objects import RevisionObjectLog
-from shared.clock import SystemClock
-from shared.ports import JSON, Clock, Lease, Record
+from shared.adapters.revision_state_store import RevisionObjectStateStore
+from shared.ports import Clock
 
 # The random tag a create writes into its revision's metadata (see the module docstring).
 WRITER_METADATA = "writer"
@@ -116,7 +113,7 @@ class S3RevisionObjects:
         self._client.delete_object(Bucket=self._bucket, Key=name)
 
 
-class S3StateStore:
+class S3StateStore(RevisionObjectStateStore):
     """StateStore on an S3 bucket (or anything speaking S3 with conditional writes)."""
 
     def __init__(
@@ -130,45 +127,9 @@ class S3StateStore:
         create_bucket: bool = True,
         atomic_conditional_put: bool = False,
     ) -> None:
-        if revisions_kept < 1:
-            raise ValueError(f"revisions_kept must be >= 1, got {revisions_kept}")
         self.client = client
         self.bucket = bucket
-        self.prefix = normalized_prefix(prefix)
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.revisions_kept = revisions_kept
         if create_bucket:
             ensure_bucket(client, bucket)
         objects = S3RevisionObjects(client, bucket, atomic_conditional_put=atomic_conditional_put)
-        self._records = RevisionObjectLog(objects, self.prefix + "records/", revisions_kept)
-        self._leases = RevisionObjectLog(objects, self.prefix + "leases/", revisions_kept)
-        self._lease_book = RevisionLeases(self._leases, self.clock, key_segments)
-
-    # ------------------------------------------------------------------ records
-    def get(self, key: str) -> Record | None:
-        return self._records.read(key)
-
-    def put(self, key: str, data: JSON, expected_revision: int) -> Record:
-        return self._records.write(key, data, expected_revision)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter(self._records.keys(prefix))
-
-    def delete(self, key: str) -> None:
-        self._records.remove(key)
-
-    def latest_revision_object(self, key: str) -> str | None:
-        """The S3 key holding `key`'s latest revision (for operators and fault injection)."""
-        latest = self._records.latest_revision(key)
-        return None if latest is None else self._records.object_name(key, latest)
-
-    # ------------------------------------------------------------------ leases
-    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Lease:
-        return self._lease_book.acquire(name, owner, ttl_seconds)
-
-    def renew_lease(self, lease: Lease, ttl_seconds: float) -> Lease:
-        """Extend `lease`. One that expired but that nobody took since is renewed as well."""
-        return self._lease_book.renew(lease, ttl_seconds)
-
-    def release_lease(self, lease: Lease) -> None:
-        self._lease_book.release(lease)
+        super().__init__(objects, normalized_prefix(prefix), clock, revisions_kept)

@@ -41,12 +41,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from shared.adapters.local.store_keys import key_segments
 from shared.adapters.openstack.swift_client import SwiftContainer, normalized_prefix
-from shared.adapters.revision_leases import RevisionLeases
-from shared.adapters.revision_objects import RevisionObjectLog
-from shared.clock import SystemClock
-from shared.ports import JSON, Clock, Lease, Record
+from shared.adapters.revision_state_store import RevisionObjectStateStore
+from shared.ports import Clock
 
 WRITER_HEADER = "X-Object-Meta-Writer"
 
@@ -89,7 +86,7 @@ class SwiftRevisionObjects:
         self._container.request("DELETE", name, expect=(204, 404))
 
 
-class SwiftStateStore:
+class SwiftStateStore(RevisionObjectStateStore):
     """StateStore on one Swift container; `object_store` is an authenticated
     `openstack.connection.Connection().object_store` (see swift_client.py)."""
 
@@ -103,44 +100,8 @@ class SwiftStateStore:
         *,
         create_container: bool = True,
     ) -> None:
-        if revisions_kept < 1:
-            raise ValueError(f"revisions_kept must be >= 1, got {revisions_kept}")
         self.container = SwiftContainer(object_store, container)
-        self.prefix = normalized_prefix(prefix)
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.revisions_kept = revisions_kept
         if create_container:
             self.container.ensure()
         objects = SwiftRevisionObjects(self.container)
-        self._records = RevisionObjectLog(objects, self.prefix + "records/", revisions_kept)
-        self._leases = RevisionObjectLog(objects, self.prefix + "leases/", revisions_kept)
-        self._lease_book = RevisionLeases(self._leases, self.clock, key_segments)
-
-    # ------------------------------------------------------------------ records
-    def get(self, key: str) -> Record | None:
-        return self._records.read(key)
-
-    def put(self, key: str, data: JSON, expected_revision: int) -> Record:
-        return self._records.write(key, data, expected_revision)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter(self._records.keys(prefix))
-
-    def delete(self, key: str) -> None:
-        self._records.remove(key)
-
-    def latest_revision_object(self, key: str) -> str | None:
-        """The object name holding `key`'s latest revision (for operators and fault injection)."""
-        latest = self._records.latest_revision(key)
-        return None if latest is None else self._records.object_name(key, latest)
-
-    # ------------------------------------------------------------------ leases
-    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> Lease:
-        return self._lease_book.acquire(name, owner, ttl_seconds)
-
-    def renew_lease(self, lease: Lease, ttl_seconds: float) -> Lease:
-        """Extend `lease`. One that expired but that nobody took since is renewed as well."""
-        return self._lease_book.renew(lease, ttl_seconds)
-
-    def release_lease(self, lease: Lease) -> None:
-        self._lease_book.release(lease)
+        super().__init__(objects, normalized_prefix(prefix), clock, revisions_kept)
