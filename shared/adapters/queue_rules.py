@@ -8,6 +8,7 @@ nothing is half-sent.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from shared.errors import InvalidKeyError
@@ -39,6 +40,27 @@ def check_dead_letter_arguments(
         check_queue_name(dead_letter_queue)
         if dead_letter_queue == name:
             raise ValueError(f"queue {name!r} cannot be its own dead-letter queue")
+
+
+def check_max_messages(max_messages: int) -> None:
+    """`receive`'s batch size: a positive integer (a bool is not a count)."""
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise ValueError(f"max_messages must be an integer >= 1, got {max_messages!r}")
+
+
+def check_seconds(what: str, value: float, limit: float = math.inf, service: str = "") -> float:
+    """A duration argument: a finite number of seconds >= 0 (a bool is not one), at most
+    `limit` (the service's own bound, named in the message)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    if value > limit:
+        raise ValueError(f"{what} must be at most {limit} s on {service}, got {value!r}")
+    return float(value)
 
 
 def encode_body(body: JSON) -> str:

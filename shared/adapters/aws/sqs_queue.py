@@ -43,7 +43,9 @@ from botocore.exceptions import ClientError
 
 from shared.adapters.queue_rules import (
     check_dead_letter_arguments,
+    check_max_messages,
     check_queue_name,
+    check_seconds,
     decode_body,
     encode_body,
 )
@@ -82,18 +84,9 @@ def _error_code(exc: ClientError) -> str:
 
 
 def _whole_seconds(what: str, value: float, limit: float) -> int:
-    """`value` rounded up to whole seconds, as SQS takes them; ValueError if out of range."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
-    seconds = math.ceil(value)
-    if seconds > limit:
-        raise ValueError(f"{what} must be at most {limit} s on SQS, got {value!r}")
-    return seconds
+    """`value` rounded up to whole seconds, as SQS takes them; ValueError if out of range
+    (`limit` is whole seconds, so checking before rounding up is the same)."""
+    return math.ceil(check_seconds(what, value, limit, "SQS"))
 
 
 class SqsQueue:
@@ -209,8 +202,7 @@ class SqsQueue:
         visibility_timeout: float = 30,
         wait_seconds: float = 0,
     ) -> list[Message]:
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise ValueError(f"max_messages must be an integer >= 1, got {max_messages!r}")
+        check_max_messages(max_messages)
         hidden_for = _whole_seconds(
             "visibility_timeout", visibility_timeout, MAX_VISIBILITY_SECONDS
         )

@@ -31,7 +31,6 @@ Behaviour the contract suite (tests/contract/test_queue.py) pins down:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -48,7 +47,9 @@ from typing import Any
 
 from shared.adapters.queue_rules import (
     check_dead_letter_arguments,
+    check_max_messages,
     check_queue_name,
+    check_seconds,
     decode_body,
     encode_body,
 )
@@ -299,11 +300,7 @@ class SqliteQueue:
             raise NotFoundError(name, "queue")
         self._known_queues.add(name)
 
-    @staticmethod
-    def _check_seconds(what: str, value: float) -> float:
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
-        return float(value)
+    _check_seconds = staticmethod(check_seconds)
 
     @staticmethod
     def _parse_receipt(receipt: str) -> tuple[int, str]:
@@ -367,8 +364,7 @@ class SqliteQueue:
         visibility_timeout: float = 30,
         wait_seconds: float = 0,
     ) -> list[Message]:
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise ValueError(f"max_messages must be an integer >= 1, got {max_messages!r}")
+        check_max_messages(max_messages)
         hidden_for = self._check_seconds("visibility_timeout", visibility_timeout)
         wait = self._check_seconds("wait_seconds", wait_seconds)
         self._require_queue(queue)

@@ -78,7 +78,12 @@ from typing import Any
 from zaqarclient.queues.v2 import core
 from zaqarclient.transport import errors as zaqar_errors
 
-from shared.adapters.queue_rules import check_dead_letter_arguments, check_queue_name
+from shared.adapters.queue_rules import (
+    check_dead_letter_arguments,
+    check_max_messages,
+    check_queue_name,
+    check_seconds,
+)
 from shared.errors import InvalidKeyError, NotFoundError, TrovelessError
 from shared.observability import get_logger
 from shared.ports import JSON, Message
@@ -95,16 +100,7 @@ log = get_logger("queue")
 
 
 def _seconds(what: str, value: float, limit: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
-    if value > limit:
-        raise ValueError(f"{what} must be at most {limit} s on Zaqar, got {value!r}")
-    return float(value)
+    return check_seconds(what, value, limit, "Zaqar")
 
 
 def _claim_seconds(visibility_timeout: float) -> int:
@@ -245,8 +241,7 @@ class ZaqarQueue:
         visibility_timeout: float = 30,
         wait_seconds: float = 0,
     ) -> list[Message]:
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise ValueError(f"max_messages must be an integer >= 1, got {max_messages!r}")
+        check_max_messages(max_messages)
         hidden_for = _seconds("visibility_timeout", visibility_timeout, MAX_CLAIM_SECONDS - 1)
         wait = _seconds("wait_seconds", wait_seconds, math.inf)
         self._require_queue(queue)
