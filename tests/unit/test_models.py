@@ -340,7 +340,9 @@ names = st.text(min_size=1, max_size=40)
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 json_scalars = st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=20)
 # Keys avoid secret-looking names, which the models refuse (tested separately).
-json_keys = st.text(max_size=12).filter(lambda k: "password" not in k and "secret" not in k)
+json_keys = st.text(max_size=12).filter(
+    lambda k: "password" not in k.lower() and "secret" not in k.lower()  # as the model: any case
+)
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_keys, inner, max_size=4),
