@@ -12,23 +12,20 @@ Swift runs from its own venv (`.venvs/swift`, made by `make deps`): its pins cla
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
+
+from tests.servers.processes import ServerGroup, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWIFT_VENV = REPO_ROOT / ".venvs" / "swift"
@@ -45,13 +42,6 @@ TIMEOUTS = """conn_timeout = 5
 node_timeout = 30
 container_update_timeout = 30
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -82,49 +72,10 @@ class SwiftEndpoint:
 
 
 @dataclass
-class SwiftAllInOne:
+class SwiftAllInOne(ServerGroup):
     """The running processes of one all-in-one and the directory holding all their files."""
 
-    endpoint: SwiftEndpoint
-    directory: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    logs: dict[str, IO[bytes]] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        """Kill every process (each leads its own session) and remove the directory; idempotent."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-        for log in self.logs.values():
-            log.close()
-        self.processes.clear()
-        self.logs.clear()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def output(self) -> str:
-        """The tail of what each process printed (for failure messages)."""
-        tails = []
-        for name, log in self.logs.items():
-            log.flush()
-            log.seek(0)
-            tails.append(f"--- {name}\n{log.read().decode(errors='replace')[-2000:]}")
-        return "\n".join(tails)
-
-    def _start(self, name: str, command: list[str]) -> None:
-        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        self.logs[name] = log
-        self.processes[name] = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # so stop() can kill the server and its workers together
-            cwd=self.directory,
-        )
+    endpoint: SwiftEndpoint = SwiftEndpoint("")
 
 
 def _server_conf(kind: str, directory: Path, port: int, user: str) -> str:
@@ -245,43 +196,35 @@ def start_swift_all_in_one(
         raise RuntimeError("memcached is not installed: run `make deps`")
     directory = Path(tempfile.mkdtemp(prefix="troveless-swift-", dir=parent))
     directory.chmod(0o755)
-    ports = {name: _free_port() for name in (*SERVER_KINDS, "proxy", "memcached")}
-    aio = SwiftAllInOne(SwiftEndpoint(f"http://127.0.0.1:{ports['proxy']}"), directory)
+    ports = {name: free_port() for name in (*SERVER_KINDS, "proxy", "memcached")}
+    aio = SwiftAllInOne(directory, endpoint=SwiftEndpoint(f"http://127.0.0.1:{ports['proxy']}"))
     user = getpass.getuser()
-    try:
+    with aio.starting():
         (directory / "srv" / "d1").mkdir(parents=True)
         (directory / "swift.conf").write_text(SWIFT_CONF)
         _build_rings(directory, ports)
-        aio._start(
+        aio.start(
             "memcached",
             [memcached, "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-U", "0", "-u", user],
         )
         for kind in SERVER_KINDS:
             conf = directory / f"{kind}-server.conf"
             conf.write_text(_server_conf(kind, directory, ports[kind], user))
-            aio._start(kind, [str(SWIFT_VENV / "bin" / f"swift-{kind}-server"), str(conf)])
+            aio.start(kind, [str(SWIFT_VENV / "bin" / f"swift-{kind}-server"), str(conf)])
         conf = directory / "proxy-server.conf"
         conf.write_text(_proxy_conf(directory, ports["proxy"], ports["memcached"], user))
-        aio._start("proxy", [str(SWIFT_VENV / "bin" / "swift-proxy-server"), str(conf)])
+        aio.start("proxy", [str(SWIFT_VENV / "bin" / "swift-proxy-server"), str(conf)])
 
         endpoint = aio.endpoint
         auth = {"X-Auth-User": endpoint.user, "X-Auth-Key": endpoint.key}
         deadline = time.monotonic() + timeout
-        while not (
-            _answers(f"{endpoint.proxy_url}/healthcheck") and _answers(endpoint.auth_url, auth)
-        ):
-            for name, process in aio.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(f"swift {name} exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the Swift proxy did not answer within {timeout} s")
-            time.sleep(0.05)
-    except BaseException as exc:
-        output = aio.output()
-        aio.stop()
-        if isinstance(exc, RuntimeError | TimeoutError):
-            raise RuntimeError(f"{exc}; output:\n{output}") from exc
-        raise
+        aio.wait_ready(
+            lambda: (
+                _answers(f"{endpoint.proxy_url}/healthcheck") and _answers(endpoint.auth_url, auth)
+            ),
+            "the Swift proxy",
+            deadline,
+        )
     return aio
 
 

@@ -11,20 +11,19 @@ apart by using a project id of their own (the `X-Project-ID` header).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.servers.processes import ServerGroup, accepts_connections, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZAQAR_VENV = REPO_ROOT / ".venvs" / "zaqar"
@@ -60,21 +59,6 @@ message_pipeline = zaqar.notification.notifier
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _zaqar_answers(endpoint: str) -> bool:
     request = urllib.request.Request(
         f"{endpoint}/v2/ping",
@@ -88,39 +72,10 @@ def _zaqar_answers(endpoint: str) -> bool:
 
 
 @dataclass
-class ZaqarServer:
+class ZaqarServer(ServerGroup):
     """A running Zaqar (and its Redis); `endpoint` is Zaqar's base URL (http://127.0.0.1:port)."""
 
-    endpoint: str
-    workdir: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def stop(self) -> None:
-        """Kill Zaqar, then Redis, wait for both and remove the directory; safe to call twice."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def output(self) -> str:
-        """The end of what Redis and Zaqar printed so far (for failure messages)."""
-        parts = []
-        for log in sorted(self.workdir.glob("*.log")):
-            text = log.read_text(errors="replace")[-3000:]
-            parts.append(f"--- {log.name}\n{text}")
-        return "\n".join(parts)
-
-
-def _wait_until(ready: Callable[[], bool], server: ZaqarServer, what: str, deadline: float) -> None:
-    while not ready():
-        for process in server.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"{what}: a process exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not answer within {START_TIMEOUT_SECONDS} s")
-        time.sleep(0.05)
+    endpoint: str = ""
 
 
 def start_zaqar(timeout: float = START_TIMEOUT_SECONDS) -> ZaqarServer:
@@ -132,42 +87,19 @@ def start_zaqar(timeout: float = START_TIMEOUT_SECONDS) -> ZaqarServer:
     if redis_server is None:
         raise RuntimeError("redis-server is not installed: run `make deps` (it comes from apt)")
     workdir = Path(tempfile.mkdtemp(prefix="zaqar-"))
-    redis_port, zaqar_port = _free_port(), _free_port()
-    server = ZaqarServer(f"http://127.0.0.1:{zaqar_port}", workdir)
+    redis_port, zaqar_port = free_port(), free_port()
+    server = ZaqarServer(workdir, endpoint=f"http://127.0.0.1:{zaqar_port}")
     deadline = time.monotonic() + timeout
     redis_command = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1"]
     # No persistence: the data lives as long as the test session.
     redis_command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    try:
-        with open(workdir / "redis.log", "wb") as redis_log:
-            server.processes.append(
-                subprocess.Popen(
-                    redis_command,
-                    stdout=redis_log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        _wait_until(lambda: _accepts_connections(redis_port), server, "redis-server", deadline)
+    with server.starting():
+        server.start("redis-server", redis_command)
+        server.wait_ready(lambda: accepts_connections(redis_port), "redis-server", deadline)
         config = workdir / "zaqar.conf"
         config.write_text(_CONFIG.format(zaqar_port=zaqar_port, redis_port=redis_port))
-        with open(workdir / "zaqar.log", "wb") as zaqar_log:
-            server.processes.append(
-                subprocess.Popen(
-                    [str(zaqar_server), "--config-file", str(config)],
-                    stdout=zaqar_log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=workdir,
-                )
-            )
-        _wait_until(lambda: _zaqar_answers(server.endpoint), server, "zaqar-server", deadline)
-    except BaseException as exc:
-        output = server.output()
-        server.stop()
-        if isinstance(exc, RuntimeError | TimeoutError):
-            raise RuntimeError(f"{exc}; output:\n{output}") from exc
-        raise
+        server.start("zaqar-server", [str(zaqar_server), "--config-file", str(config)])
+        server.wait_ready(lambda: _zaqar_answers(server.endpoint), "zaqar-server", deadline)
     return server
 
 
