@@ -9,3 +9,11 @@ from __future__ import annotations
 
 STATE_CONTAINER = "troveless-state"  # StateStore records and leases
 BACKUPS_CONTAINER = "troveless-backups"  # BlobStore: backups (SLO segments beside them), logs
+
+# The engine's step worker (functions/engine_steps.py) on Qinling: its function name as
+# docs/openstack.md creates it, and the job that runs it every minute as the backstop for a
+# lost Zaqar push (bootstrap.sh creates the job; the push is the engine queue's subscription).
+ENGINE_STEPS_FUNCTION = "troveless-engine-steps"
+ENGINE_STEPS_JOB = "troveless-engine-steps"
+ENGINE_STEPS_PATTERN = "* * * * *"
+SUBSCRIPTION_TTL_SECONDS = 31536000  # a year: Zaqar subscriptions expire; re-run to renew

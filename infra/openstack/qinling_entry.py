@@ -12,6 +12,9 @@ other keyword arguments and hands it to the same handler Lambda and the embedded
   Zaqar webhook notification `{"body": {...}, "queue_name": ...}`; the answer lists the
   failed message ids (`batchItemFailures`).
 - `timer` (backup scheduler, heartbeat watchdog): any input; a Qinling job calls it on cron.
+- `engine` (the engine's step worker, `functions.engine_steps.drain_steps`): a Zaqar webhook
+  notification from the engine queue's subscription (a doorbell: its body is not used), or a
+  job's input (`{}` or `{"budget_seconds": n}`); the answer counts what the drain did.
 - `tasks` (a task module of the state machines): `{"payload": ..., "task": {...}}` where `task`
   is the task envelope's context (shared/engine/task_envelope.py: resource, idempotency_key,
   task_token, execution_arn, state_name, attempt); `task.resource` picks the function, which
@@ -37,7 +40,9 @@ log = get_logger("qinling-entry")
 
 QINLING_CONTEXT = "context"  # the keyword argument Qinling's runtime adds to every call
 TASK = "task"  # where a task call's envelope context travels instead
-KINDS = ("http", "queue", "timer", "tasks")
+KINDS = ("http", "queue", "timer", "tasks", "engine")
+# The function a kind's module is entered by, when not `handler` (see functions/engine_steps.py).
+ENTRY_POINTS = {"engine": "drain_steps"}
 _MODULE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _RESOURCE = re.compile(r"^fn:([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)$")
 
@@ -54,7 +59,9 @@ def serve(kind: str, module: str, kwargs: dict[str, Any]) -> Any:
     event = {k: v for k, v in kwargs.items() if k != QINLING_CONTEXT}
     if kind == "tasks":
         return run_task(module, event)
-    handler = importlib.import_module(f"functions.{module}").handler
+    handler = getattr(
+        importlib.import_module(f"functions.{module}"), ENTRY_POINTS.get(kind, "handler")
+    )
     if kind == "queue":
         return handler(queue_event(event), None)
     return handler(event, None)

@@ -7,7 +7,9 @@ and `requirements.txt`: the third-party distributions those modules import, with
 ranges pyproject.toml gives them. Wheels are not vendored; the runtime image installs them.
 
 The functions: the API, the guest-events consumer, every task module the state machines name
-(`fn:module.func`), the backup scheduler and the heartbeat watchdog (when present).
+(`fn:module.func`), the backup scheduler and the heartbeat watchdog (when present), and the
+engine's step worker (`engine_steps`), which runs the state machines' steps and their tasks
+in-process, so its package holds every task module too.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class FunctionSpec:
     name: str
     kind: str
     module: str
+    # Modules the function reaches only by name (the engine resolves `fn:module.func`).
+    extra_roots: tuple[str, ...] = ()
 
     @property
     def zip_name(self) -> str:
@@ -61,6 +65,7 @@ class FunctionSpec:
         if self.kind == "http":
             # functions.api includes functions.routes.<name> by name (ROUTE_MODULES).
             roots.append("functions.routes.*")
+        roots.extend(self.extra_roots)
         return roots
 
 
@@ -88,15 +93,20 @@ def _resources(node: object) -> Iterator[str]:
 
 
 def function_specs(root: Path = REPO_ROOT) -> list[FunctionSpec]:
+    tasks = task_modules(root / STATE_MACHINES_DIR)
     specs = [
         FunctionSpec("api", "http", "api"),
         FunctionSpec("guest_events", "queue", "guest_events"),
         FunctionSpec("backup_scheduler", "timer", "backup_scheduler"),
         FunctionSpec("heartbeat_watchdog", "timer", "heartbeat_watchdog"),
+        FunctionSpec(
+            "engine_steps",
+            "engine",
+            "engine_steps",
+            extra_roots=tuple(f"functions.{module}" for module in tasks),
+        ),
     ]
-    specs.extend(
-        FunctionSpec(module, "tasks", module) for module in task_modules(root / STATE_MACHINES_DIR)
-    )
+    specs.extend(FunctionSpec(module, "tasks", module) for module in tasks)
     for spec in specs:
         if not (root / "functions" / f"{spec.module}.py").is_file():
             raise PackagingError(f"function {spec.name}: functions/{spec.module}.py is missing")

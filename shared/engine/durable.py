@@ -626,6 +626,113 @@ class DurableDriver:
             done += len(messages)
         return done
 
+    def drain(
+        self, budget_seconds: float, *, wait_seconds: float = 0.0, batch: int = 10
+    ) -> DrainReport:
+        """Claim and process messages until the queue has none visible or `budget_seconds`
+        have passed: one invocation of the engine-steps function.
+
+        `wait_seconds` (at most the budget) is how long after the start an empty queue is
+        still waited on (a long-poll receive) before giving up: a doorbell that arrives before
+        its message is claimable, or announces a delayed one, is answered by the same call.
+        The budget is checked before each execution's messages of a batch; messages claimed
+        but not started when it runs out are released at once (visibility 0) for another
+        worker instead of waiting out their claim. A step already started finishes (its
+        inline task chain is bounded by `inline_seconds`), so a caller keeps its function's
+        timeout that much above the budget. Safe to run in any number of processes at once:
+        the queue hands each visible message to one claimant, and a redelivered step repeats
+        no side effect (see the module docstring)."""
+        if not budget_seconds > 0:
+            raise ValueError(f"budget_seconds must be > 0, got {budget_seconds!r}")
+        if not wait_seconds >= 0:
+            raise ValueError(f"wait_seconds must be >= 0, got {wait_seconds!r}")
+        start = self.clock.monotonic()
+        deadline = start + budget_seconds
+        wait_until = start + min(wait_seconds, budget_seconds)
+        report = DrainReport()
+        while True:
+            now = self.clock.monotonic()
+            if now >= deadline:
+                report.out_of_budget = True
+                break
+            messages = self.receive(batch, max(0.0, min(wait_until, deadline) - now))
+            if not messages:
+                break  # nothing became visible for the whole wait that was left
+            report.received += len(messages)
+            units = drain_units(messages)
+            for index, unit in enumerate(units):
+                # The first unit always runs: the budget was left when it was claimed.
+                if index > 0 and self.clock.monotonic() >= deadline:
+                    report.released += self._release([m for u in units[index:] for m in u])
+                    report.out_of_budget = True
+                    break
+                try:
+                    if len(unit) > 1:
+                        self.process_invokes(str(unit[0].body.get("execution")), unit)
+                    else:
+                        self.process(unit[0])
+                    report.handled += len(unit)
+                except Exception:  # the store or queue failed: the messages come back later
+                    log.exception(
+                        "engine step failed; it will be redelivered",
+                        extra={"message_ids": [m.id for m in unit]},
+                    )
+                    report.failed += len(unit)
+            if report.out_of_budget:
+                break
+        report.seconds = self.clock.monotonic() - start
+        return report
+
+    def _release(self, messages: list[Message]) -> int:
+        """End the claims on unstarted messages; returns how many were handed back."""
+        released = 0
+        for message in messages:
+            try:
+                self.queue.change_visibility(self.queue_name, message.receipt, 0)
+                released += 1
+            except Exception:  # the claim runs out on its own; nothing is lost
+                log.warning("could not release an engine step", extra={"message_id": message.id})
+        return released
+
+
+@dataclass
+class DrainReport:
+    """What one `DurableDriver.drain` did: messages claimed (`received`), processed and
+    acknowledged (`handled`), failed (left for redelivery), handed back unstarted because the
+    budget ran out (`released`), and whether the budget (not an empty queue) ended it."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    released: int = 0
+    out_of_budget: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "handled": self.handled,
+            "failed": self.failed,
+            "released": self.released,
+            "out_of_budget": self.out_of_budget,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def drain_units(messages: list[Message]) -> list[list[Message]]:
+    """A received batch in `process_batch`'s order and grouping: each `event` (or malformed)
+    message alone, then the `invoke` messages of each execution together."""
+    units: list[list[Message]] = []
+    invokes: dict[str, list[Message]] = {}
+    for message in messages:
+        key = message.body.get("execution")
+        if message.body.get("kind") == "invoke" and isinstance(key, str):
+            invokes.setdefault(key, []).append(message)
+        else:
+            units.append([message])
+    units.extend(invokes.values())
+    return units
+
 
 def begin_message(key: str) -> dict[str, Any]:
     return {"kind": "event", "execution": key, "event": {"type": "begin"}}

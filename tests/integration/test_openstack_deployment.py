@@ -23,6 +23,7 @@ import yaml
 from infra.openstack import deployment
 from infra.wiring import build_local
 from shared.adapters.openstack.zaqar_queue import QUEUE_MARKER
+from shared.engine.durable import QUEUE as ENGINE_QUEUE
 from shared.settings import REPO_ROOT, load_settings
 
 HEAT = REPO_ROOT / "infra" / "openstack" / "heat.yaml"
@@ -83,7 +84,11 @@ def test_heat_containers_are_the_deployments() -> None:
     assert containers == {deployment.STATE_CONTAINER, deployment.BACKUPS_CONTAINER}
 
 
-def _run_bootstrap(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list]:
+def _run_bootstrap(
+    tmp_path: Path, *, jobs: tuple[str, ...] = (), **env: str
+) -> tuple[subprocess.CompletedProcess[str], list]:
+    """Run bootstrap.sh with a stand-in `openstack` that records its arguments; its
+    `job list` prints the names in `jobs`, one a line (`-f value -c Name`)."""
     log = tmp_path / "calls.jsonl"
     stub = tmp_path / "openstack"
     stub.write_text(
@@ -91,6 +96,8 @@ def _run_bootstrap(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
         "import json, sys\n"
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:3] == ['job', 'list']:\n"
+        f"    print({chr(10).join(jobs)!r})\n"
     )
     stub.chmod(0o755)
     completed = subprocess.run(
@@ -124,6 +131,7 @@ def test_bootstrap_creates_the_wirings_queues_and_containers(
     containers = [c[2] for c in calls if c[:2] == ["container", "create"]]
     assert containers == [deployment.STATE_CONTAINER, deployment.BACKUPS_CONTAINER]
     assert not [c for c in calls if c[:2] == ["messaging", "subscription"]]
+    assert not [c for c in calls if c[:1] == ["job"]]
 
 
 def test_bootstrap_settings_and_webhook(tmp_path: Path) -> None:
@@ -154,3 +162,65 @@ def test_bootstrap_refuses_a_bad_number_before_touching_the_cloud(tmp_path: Path
     assert completed.returncode == 2
     assert "positive integer" in completed.stderr
     assert calls == []
+
+
+def test_heat_subscribes_the_engine_queue_to_the_engine_steps_webhook() -> None:
+    template = yaml.safe_load(HEAT.read_text())
+    subscriptions = {
+        _resolve(resource["properties"]["queue_name"], template): resource
+        for resource in template["resources"].values()
+        if resource["type"] == "OS::Zaqar::Subscription"
+    }
+    push = subscriptions[ENGINE_QUEUE]
+    assert push["properties"]["subscriber"] == {"get_param": "engine_steps_webhook"}
+    assert push["properties"]["ttl"] == deployment.SUBSCRIPTION_TTL_SECONDS
+    # Only when a webhook is given: the condition compares that parameter with "".
+    condition = template["conditions"][push["condition"]]
+    assert condition == {"not": {"equals": [{"get_param": "engine_steps_webhook"}, ""]}}
+    assert template["parameters"]["engine_steps_webhook"]["default"] == ""
+
+
+ENGINE_WEBHOOK = "https://qinling.example/v1/webhooks/w2/invoke"
+
+
+def test_bootstrap_subscribes_the_engine_queue_and_schedules_the_engine_steps_job(
+    tmp_path: Path,
+) -> None:
+    completed, calls = _run_bootstrap(
+        tmp_path,
+        TROVELESS_ENGINE_STEPS_WEBHOOK=ENGINE_WEBHOOK,
+        TROVELESS_ENGINE_STEPS_FUNCTION=deployment.ENGINE_STEPS_FUNCTION,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    subscription = ["messaging", "subscription", "create", ENGINE_QUEUE, ENGINE_WEBHOOK]
+    assert [*subscription, str(deployment.SUBSCRIPTION_TTL_SECONDS)] in calls
+    jobs = [c for c in calls if c[:1] == ["job"]]
+    assert jobs == [
+        ["job", "list", "-f", "value", "-c", "Name"],
+        [
+            "job",
+            "create",
+            deployment.ENGINE_STEPS_FUNCTION,
+            "--name",
+            deployment.ENGINE_STEPS_JOB,
+            "--pattern",
+            deployment.ENGINE_STEPS_PATTERN,
+        ],
+    ]
+    # The queue exists before anything is subscribed to it.
+    assert calls.index(["messaging", "queue", "create", ENGINE_QUEUE]) < calls.index(
+        [*subscription, str(deployment.SUBSCRIPTION_TTL_SECONDS)]
+    )
+
+
+def test_bootstrap_run_again_makes_no_second_engine_steps_job(tmp_path: Path) -> None:
+    completed, calls = _run_bootstrap(
+        tmp_path,
+        jobs=("troveless-backup-scheduler", deployment.ENGINE_STEPS_JOB),
+        TROVELESS_ENGINE_STEPS_FUNCTION="f3b6c1d2-0000-4000-8000-000000000000",
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert not [c for c in calls if c[:2] == ["job", "create"]]
+    assert f"job {deployment.ENGINE_STEPS_JOB}: exists" in completed.stdout

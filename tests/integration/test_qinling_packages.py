@@ -31,8 +31,11 @@ from infra.openstack.qinling_packages import (
     checked_settings,
     function_specs,
 )
+from infra.wiring import build_local
 from shared.adapters.local.state_store import DirectoryStateStore
 from shared.clock import SystemClock
+from shared.engine.durable import QUEUE as ENGINE_QUEUE
+from shared.engine.service import ExecutionService
 from shared.models.datastore import DatastoreRef
 from shared.models.instance import Instance, InstanceStatus
 from shared.models.volume import Volume, VolumeKind
@@ -42,8 +45,10 @@ from shared.services.backup_schedules import (
     schedule_key,
 )
 from shared.services.instances import InstanceRecords
+from shared.settings import load_settings
 
 PROJECT = "0123456789abcdef0123456789abcdef"
+MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 # Calls the package's entry as Qinling's python3 runtime does (`func(**input)`, with its
 # `context` added), once per call given, and proves where the code came from.
 RUNNER = """
@@ -89,7 +94,7 @@ def run_package(
         archive.extractall(unpacked)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TROVELESS_MASTER_KEY": base64.b64encode(b"k" * 32).decode(),
+        "TROVELESS_MASTER_KEY": MASTER_KEY,
         "TROVELESS_LOG_LEVEL": "WARNING",
     }
     if data_dir is not None:
@@ -231,3 +236,95 @@ def test_api_package_answers_proxy_events_with_packaged_settings(
     assert "v1.0" in json.dumps(json.loads(versions["body"]))
     assert refused["statusCode"] == 401
     assert (data_dir / "queues").is_dir()  # the packaged settings chose the data directory
+
+
+def _instance(instance_id: str) -> Instance:
+    now = datetime.now(UTC)
+    return Instance(
+        id=instance_id,
+        project_id=PROJECT,
+        name="db1",
+        flavor_id="2",
+        volume=Volume(kind=VolumeKind.DIRECTORY, size_gb=1),
+        datastore=DatastoreRef(type="mariadb", version="10.11"),
+        port=3306,
+        created=now,
+        updated=now,
+    )
+
+
+# A flow whose task is a real packaged task function: the engine package runs it in-process.
+MARK_ERROR_FLOW = {
+    "StartAt": "Settle",
+    "States": {
+        "Settle": {"Type": "Pass", "Result": "no host", "ResultPath": "$.cause", "Next": "Mark"},
+        "Mark": {
+            "Type": "Task",
+            "Resource": "fn:instance_tasks.mark_error",
+            "Parameters": {
+                "instance_id.$": "$.instance_id",
+                "error": "ComputeError",
+                "cause.$": "$.cause",
+            },
+            "ResultSelector": {"marked.$": "$.fault"},
+            "End": True,
+        },
+    },
+}
+
+
+@pytest.mark.slow
+def test_engine_steps_package_runs_queued_steps_and_their_tasks(
+    packages: dict[str, BuiltPackage], data_dir: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(data_dir=data_dir, master_key=MASTER_KEY)
+    _runtime, cloud, driver = build_local(settings)
+    try:
+        instance_id = str(uuid.uuid4())
+        InstanceRecords(cloud.state).create(_instance(instance_id))
+        service = ExecutionService(driver)
+        arn = service.start("probe", MARK_ERROR_FLOW, {"instance_id": instance_id}, name="p1").arn
+        queued = cloud.queue.count(ENGINE_QUEUE)
+    finally:
+        cloud.close()
+    assert queued == 1  # the execution's `begin`: nothing ran it yet
+
+    calls = [
+        # Zaqar's notification from another queue's subscription: not this function's doorbell
+        {"body": {}, "queue_name": "guest-events", "Message_Type": "Notification"},
+        {"budget_seconds": 30},  # the every-minute job's input
+        {},  # again: nothing left to do
+    ]
+    ignored, drained, idle = run_package(packages["engine_steps"], data_dir, tmp_path, calls)[
+        "results"
+    ]
+
+    assert ignored == {"trigger": "push", "ignored": f"queue_name: not {ENGINE_QUEUE}"}
+    assert drained["trigger"] == "timer" and drained["budget_seconds"] == 30
+    assert drained["handled"] == drained["received"] >= 1 and drained["failed"] == 0
+    assert (idle["received"], idle["handled"]) == (0, 0)
+    _runtime, cloud, driver = build_local(settings)
+    try:
+        described = ExecutionService(driver).describe(arn)
+        assert str(described.status) == "SUCCEEDED", (described.error, described.cause)
+        assert described.output is not None and "no host" in described.output["marked"]
+        assert cloud.queue.count(ENGINE_QUEUE) == 0
+    finally:
+        cloud.close()
+    records = InstanceRecords(DirectoryStateStore(data_dir / "state", SystemClock()))
+    record = records.get(instance_id)
+    assert record.status is InstanceStatus.ERROR
+    assert record.fault is not None and "no host" in record.fault.message
+
+
+def test_engine_steps_package_holds_every_task_module(
+    packages: dict[str, BuiltPackage],
+) -> None:
+    engine = packages["engine_steps"]
+    task_packages = [p for p in packages.values() if p.spec.kind == "tasks"]
+    assert task_packages
+    for package in task_packages:
+        assert f"functions.{package.spec.module}" in engine.modules
+    with zipfile.ZipFile(engine.path) as archive:
+        manifest = json.loads(archive.read("troveless-package.json"))
+    assert (manifest["kind"], manifest["module"]) == ("engine", "functions.engine_steps")

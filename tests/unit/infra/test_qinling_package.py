@@ -45,6 +45,7 @@ def test_one_package_per_function() -> None:
         "guest_events",
         "backup_scheduler",
         "heartbeat_watchdog",
+        "engine_steps",
     } | _modules_named_by_state_machines()
     assert names == expected
     assert {"instance_tasks", "backup_tasks"} <= names
