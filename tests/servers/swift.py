@@ -3,7 +3,8 @@
 `start_swift_all_in_one()` builds one-replica rings in a temporary directory, writes the
 configuration of an account, a container, an object and a proxy server (tempauth + s3api + slo +
 dlo + copy, see /work/shared/RECIPES.md), starts them and memcached (from apt) on free loopback
-ports, and returns once the proxy's /healthcheck answers and tempauth hands out a token.
+ports, and returns once the proxy's /healthcheck answers and a container can be made and removed
+(tempauth token, account and container servers).
 `stop()` kills every process and removes the directory. The session fixture `swift_endpoint`
 wraps it, so one server serves every Swift-backed test of a run.
 
@@ -185,6 +186,26 @@ def _answers(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
+def _stores_a_container(endpoint: SwiftEndpoint) -> bool:
+    """Whether a container can be made and removed: the account and container servers answer
+    through the proxy (the proxy's own health check says nothing about them)."""
+    auth = {"X-Auth-User": endpoint.user, "X-Auth-Key": endpoint.key}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(endpoint.auth_url, headers=auth), timeout=2
+        ) as reply:
+            token = reply.headers["X-Auth-Token"]
+        probe = f"{endpoint.storage_url}/readiness-probe"
+        for method in ("PUT", "DELETE"):
+            request = urllib.request.Request(probe, method=method, headers={"X-Auth-Token": token})
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                if not 200 <= reply.status < 300:
+                    return False
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start_swift_all_in_one(
     timeout: float = START_TIMEOUT_SECONDS, parent: Path | None = None
 ) -> SwiftAllInOne:
@@ -216,12 +237,9 @@ def start_swift_all_in_one(
         aio.start("proxy", [str(SWIFT_VENV / "bin" / "swift-proxy-server"), str(conf)])
 
         endpoint = aio.endpoint
-        auth = {"X-Auth-User": endpoint.user, "X-Auth-Key": endpoint.key}
         deadline = time.monotonic() + timeout
         aio.wait_ready(
-            lambda: (
-                _answers(f"{endpoint.proxy_url}/healthcheck") and _answers(endpoint.auth_url, auth)
-            ),
+            lambda: _answers(f"{endpoint.proxy_url}/healthcheck") and _stores_a_container(endpoint),
             "the Swift proxy",
             deadline,
         )
