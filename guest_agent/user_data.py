@@ -48,21 +48,50 @@ class LocalBackends(DomainModel):
     blob_dir: Path
 
 
+class GuestKeystone(DomainModel):
+    """A Keystone application credential of the guests' own (Nova compute): the guest logs in
+    with it and finds Zaqar and Swift in its token's catalog. Never the control plane's."""
+
+    auth_url: Annotated[str, Field(min_length=1)]
+    application_credential_id: Annotated[str, Field(min_length=1)]
+    application_credential_secret: SecretStr
+    region_name: str | None = None
+    interface: str = "public"
+
+
 class OpenStackBackends(DomainModel):
     """How a guest of the openstack profile reaches Zaqar (its queues) and Swift (backups).
 
-    Only the single-machine form exists (`troveless up --profile openstack`, local compute):
-    Zaqar without auth, Swift by v1 (tempauth) credentials. The key is a SecretStr (never
-    shown); it is in the user-data because the file is readable by the guest's user alone.
+    Two forms. One machine (`troveless up --profile openstack`, local compute): Zaqar without
+    auth, Swift by v1 (tempauth) credentials. Nova guests: `keystone`, an application
+    credential of the guests' own; Zaqar is then its catalog's, unless `zaqar_url` names a
+    noauth Zaqar. Keys are SecretStr (never shown); they are in the user-data because only the
+    guest's user reads it.
     """
 
-    zaqar_url: Annotated[str, Field(min_length=1)]
-    zaqar_project_id: Annotated[str, Field(min_length=1)]
-    swift_auth_url: Annotated[str, Field(min_length=1)]
-    swift_user: Annotated[str, Field(min_length=1)]
-    swift_key: SecretStr
+    zaqar_url: Annotated[str, Field(min_length=1)] | None = None
+    zaqar_project_id: Annotated[str, Field(min_length=1)] | None = None
+    swift_auth_url: Annotated[str, Field(min_length=1)] | None = None
+    swift_user: Annotated[str, Field(min_length=1)] | None = None
+    swift_key: SecretStr | None = None
+    keystone: GuestKeystone | None = None
     backups_container: Annotated[str, Field(pattern=r"^[^/]{1,256}$")]
     queue_poll_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OpenStackBackends:
+        if (self.zaqar_url is None) != (self.zaqar_project_id is None):
+            raise ValueError("zaqar_url and zaqar_project_id go together")
+        v1 = (self.swift_auth_url, self.swift_user, self.swift_key)
+        if self.keystone is not None:
+            if any(v is not None for v in v1):
+                raise ValueError("keystone guests reach Swift through Keystone, not v1 credentials")
+        elif not all(v is not None for v in v1) or self.zaqar_url is None:
+            raise ValueError(
+                "give keystone (an application credential), or zaqar_url, zaqar_project_id, "
+                "swift_auth_url, swift_user and swift_key"
+            )
+        return self
 
 
 class UserData(DomainModel):

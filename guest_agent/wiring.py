@@ -6,9 +6,10 @@ Like `infra/`, this is the one place in the agent that imports concrete adapters
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from guest_agent.datastores import DatastoreManager, manager_for
-from guest_agent.user_data import AgentConfig, UserDataError
+from guest_agent.user_data import AgentConfig, GuestKeystone, OpenStackBackends, UserDataError
 from shared.ports import BlobStore, Clock, Queue
 from shared.settings import Profile
 
@@ -34,17 +35,40 @@ def build_backends(config: AgentConfig, clock: Clock) -> Backends:
             blobs=DirectoryBlobStore(local.blob_dir, clock=clock),
         )
     if user_data.profile is Profile.OPENSTACK:
-        from zaqarclient.queues.v2 import client as zaqar_client
-
-        from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
-        from shared.adapters.openstack.swift_client import SwiftError, tempauth_connection
-        from shared.adapters.openstack.zaqar_queue import ZaqarQueue
-
         openstack = user_data.openstack
         if openstack is None:  # refused by the model already, as for local
             raise UserDataError(
                 "openstack: the openstack profile needs its Zaqar and Swift section"
             )
+        return _openstack_backends(openstack)
+    raise UserDataError(f"profile: the guest agent has no {user_data.profile.value} backends")
+
+
+def _openstack_backends(openstack: OpenStackBackends) -> Backends:
+    """Zaqar and Swift: by the guests' application credential (Nova), or noauth + v1 (one
+    machine)."""
+    from zaqarclient.queues.v2 import client as zaqar_client
+
+    from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
+    from shared.adapters.openstack.zaqar_queue import ZaqarQueue
+
+    session = None
+    if openstack.keystone is not None:
+        session, object_store = _keystone_object_store(openstack.keystone)
+    else:
+        from shared.adapters.openstack.swift_client import SwiftError, tempauth_connection
+
+        assert openstack.swift_auth_url is not None and openstack.swift_user is not None
+        assert openstack.swift_key is not None  # the model checked the v1 form is complete
+        try:
+            object_store = tempauth_connection(
+                openstack.swift_auth_url,
+                openstack.swift_user,
+                openstack.swift_key.get_secret_value(),
+            ).object_store
+        except (SwiftError, OSError) as exc:  # the message names the URL, never the key
+            raise UserDataError(f"openstack: cannot reach Swift: {exc}") from None
+    if openstack.zaqar_url is not None:
         zaqar = zaqar_client.Client(
             openstack.zaqar_url,
             version=2,
@@ -55,22 +79,57 @@ def build_backends(config: AgentConfig, clock: Clock) -> Backends:
                 }
             },
         )
-        try:
-            swift = tempauth_connection(
-                openstack.swift_auth_url,
-                openstack.swift_user,
-                openstack.swift_key.get_secret_value(),
-            )
-        except (SwiftError, OSError) as exc:  # the message names the URL, never the key
-            raise UserDataError(f"openstack: cannot reach Swift: {exc}") from None
-        return Backends(
-            queue=ZaqarQueue(zaqar, poll_interval=openstack.queue_poll_interval),
-            # The control plane made the container; the guest may only write objects into it.
-            blobs=SwiftBlobStore(
-                swift.object_store, openstack.backups_container, create_container=False
-            ),
+    else:
+        assert session is not None and openstack.keystone is not None
+        zaqar = zaqar_client.Client(
+            _endpoint(session, openstack.keystone, "messaging"), version=2, session=session
         )
-    raise UserDataError(f"profile: the guest agent has no {user_data.profile.value} backends")
+    return Backends(
+        queue=ZaqarQueue(zaqar, poll_interval=openstack.queue_poll_interval),
+        # The control plane made the container; the guest may only write objects into it.
+        blobs=SwiftBlobStore(object_store, openstack.backups_container, create_container=False),
+    )
+
+
+def _keystone_object_store(keystone: GuestKeystone) -> tuple[Any, Any]:
+    """The guest's Keystone session (its application credential) and Swift through it."""
+    from keystoneauth1 import exceptions as ksa_exceptions
+    from keystoneauth1 import session as ksa_session
+    from keystoneauth1.identity import v3
+    from openstack.connection import Connection
+    from openstack.exceptions import SDKException
+
+    auth = v3.ApplicationCredential(
+        auth_url=keystone.auth_url,
+        application_credential_id=keystone.application_credential_id,
+        application_credential_secret=keystone.application_credential_secret.get_secret_value(),
+    )
+    session = ksa_session.Session(auth=auth)
+    connection = Connection(
+        session=session, region_name=keystone.region_name, interface=keystone.interface
+    )
+    try:
+        return session, connection.object_store  # logs in and finds Swift in the catalog
+    except (ksa_exceptions.ClientException, SDKException) as exc:  # never shows the secret
+        raise UserDataError(
+            f"openstack: cannot reach Swift through {keystone.auth_url}: {type(exc).__name__}"
+        ) from None
+
+
+def _endpoint(session: Any, keystone: GuestKeystone, service_type: str) -> str:
+    from keystoneauth1 import exceptions as ksa_exceptions
+
+    try:
+        url = session.get_endpoint(
+            service_type=service_type,
+            interface=keystone.interface,
+            region_name=keystone.region_name,
+        )
+    except ksa_exceptions.ClientException as exc:  # names the URL, never the secret
+        raise UserDataError(f"openstack: cannot log in to {keystone.auth_url}: {exc}") from None
+    if not url:
+        raise UserDataError(f"openstack: the guest's catalog has no {service_type} endpoint")
+    return str(url)
 
 
 def build_manager(config: AgentConfig) -> DatastoreManager:

@@ -1,9 +1,9 @@
 """Composition root: builds the functions' Runtime for a profile from Settings.
 
 The local profile is wired here, the aws profile (S3, SQS, EC2, Step Functions) in
-infra/aws/wiring.py, the openstack profile's embedded cloud (Swift, Zaqar, local compute) in
-infra/openstack/wiring.py. `build_embedded` is what `troveless up` runs on, for either the
-local or the openstack profile.
+infra/aws/wiring.py, the openstack profile in infra/openstack/wiring.py: its embedded cloud
+(Swift, Zaqar, local compute) and its cloud runtime (Swift, Zaqar, Nova + Cinder, Keystone).
+`build_embedded` is what `troveless up` runs on, for either the local or the openstack profile.
 """
 
 from __future__ import annotations
@@ -108,11 +108,13 @@ def build_embedded(settings: Settings) -> tuple[Runtime, EmbeddedCloud, DurableD
     if settings.profile is Profile.LOCAL:
         return build_local(settings)
     if settings.profile is Profile.OPENSTACK:
-        from infra.openstack.wiring import openstack_cloud
+        from infra.openstack.wiring import openstack_cloud, token_validator
 
         cloud = openstack_cloud(settings)
         try:
             runtime, driver = _embedded_runtime(settings, cloud)
+            # api_auth keystone: callers bring Keystone tokens even on one machine.
+            runtime.token_validator = token_validator(settings, cloud.clock)
         except BaseException:
             cloud.close()
             raise
@@ -145,6 +147,10 @@ def build_runtime(settings: Settings) -> Runtime:
 
         return build_aws(settings)
     if settings.profile is Profile.OPENSTACK:
-        # Only the embedded form (local compute) exists; its wiring refuses Nova and says so.
+        # Nova: the cloud runtime (no data dir, no local compute); local: the embedded form.
+        if settings.openstack is not None and not _one_machine_openstack(settings):
+            from infra.openstack.wiring import build_openstack
+
+            return build_openstack(settings)
         return build_embedded(settings)[0]
     raise WiringError(f"profile {settings.profile.value!r} is not wired yet")

@@ -1,24 +1,39 @@
-"""The openstack profile's composition root: the embedded cloud on Swift and Zaqar.
+"""The openstack profile's composition roots: the embedded cloud on Swift and Zaqar (local
+compute), and the functions' runtime on a real cloud (Nova compute).
 
-`infra.wiring.build_embedded` calls `openstack_cloud` when the profile is openstack. Everything
-comes from `Settings.openstack` (TROVELESS_OPENSTACK_*, see shared/openstack_settings.py):
+`infra.wiring.build_embedded` calls `openstack_cloud` when the profile is openstack and compute
+is local; `infra.wiring.build_runtime` calls `build_openstack` when compute is nova. Everything
+comes from `Settings.openstack` (TROVELESS_OPENSTACK_*, see shared/openstack_settings.py).
+
+The embedded cloud (`troveless up --profile openstack`):
 
 - records: a SwiftStateStore on `state_container`; blobs (backups, logs): a SwiftBlobStore on
   `backups_container`; both containers are created when missing;
 - queues: Zaqar (ZaqarQueue), in `zaqar_project_id` on a noauth Zaqar or the project of the
   Keystone token of `cloud`;
 - compute: LocalCompute (`compute = "local"`), whose guests get an `openstack` section in
-  their user-data saying how to reach Zaqar and Swift themselves. Nova compute is not wired yet.
+  their user-data saying how to reach Zaqar and Swift themselves (v1 Swift, noauth Zaqar).
 - guest events: pulled from Zaqar by a thread of `troveless up`, or, with `guest_events_push`,
   pushed by Zaqar to the server's /functions/guest-events (`GuestEventsPush`).
 
 The engine (DurableDriver) and the functions run on these exactly as on the local adapters.
+
+The cloud runtime (`build_openstack`, compute = "nova"): like the aws profile's, nothing on
+the machine it runs on (no data directory), the master key from TROVELESS_MASTER_KEY, Swift and
+Zaqar of `cloud` (or a noauth Zaqar), whose containers and queues the deployment made (Heat or
+bootstrap.sh: the runtime creates none), NovaCinderCompute on `cloud`, and the engine's
+workflows over that Zaqar and Swift. Nova guests get the application credential of
+`guest_cloud` in their user-data (`nova_guest_backends`), never `cloud`'s credentials.
+
+API tokens: with `api_auth` keystone (the default with Nova) either form validates callers'
+tokens with Keystone (`token_validator`), using `cloud`'s identity as the service's.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +42,22 @@ from zaqarclient.queues.v2 import client as zaqar_client
 from functions import guest_events
 from functions.runtime import Runtime
 from infra.local.cloud import EmbeddedCloud
-from infra.wiring import WiringError
+from infra.wiring import FunctionsInvoker, WiringError, master_key
 from shared.adapters.local.compute import LocalCompute
 from shared.adapters.local.system_user import DEFAULT_GUEST_USER
+from shared.adapters.local.workflows import EngineWorkflows
+from shared.adapters.openstack.keystone_tokens import KeystoneTokenValidator
+from shared.adapters.openstack.nova_compute import NovaCinderCompute
 from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
 from shared.adapters.openstack.swift_client import SwiftError, tempauth_connection
 from shared.adapters.openstack.swift_state_store import SwiftStateStore
 from shared.adapters.openstack.zaqar_queue import ZaqarQueue
 from shared.clock import SystemClock
+from shared.engine.durable import DurableDriver
+from shared.engine.service import ExecutionService
 from shared.observability import get_logger
-from shared.openstack_settings import ComputeKind, OpenStackSettings
-from shared.ports import JSON, FlavorLike, ServerInfo
+from shared.openstack_settings import ApiAuth, ComputeKind, OpenStackSettings
+from shared.ports import JSON, Clock, FlavorLike, FlavorSpec, ServerInfo, TokenValidator
 from shared.services.guest_channel import EVENTS_QUEUE
 from shared.settings import Settings
 
@@ -77,11 +97,14 @@ def _keystone_connection(openstack: OpenStackSettings) -> Any:
     try:
         return openstacksdk.connect(cloud=openstack.cloud)
     except Exception as exc:  # the sdk raises many kinds for a bad clouds.yaml entry
-        raise WiringError(f"cloud {openstack.cloud!r} (clouds.yaml): {exc}") from None
+        raise WiringError(
+            f"cloud {openstack.cloud!r} (clouds.yaml): {_without_secrets(exc)}"
+        ) from None
 
 
-def zaqar(openstack: OpenStackSettings) -> Any:
-    """A Zaqar v2 client: noauth in `zaqar_project_id`, or Keystone's session of `cloud`."""
+def zaqar(openstack: OpenStackSettings, connection: Any | None = None) -> Any:
+    """A Zaqar v2 client: noauth in `zaqar_project_id`, or Keystone's session of `cloud`
+    (`connection`'s when given, so one Keystone login serves every client)."""
     if openstack.zaqar_url is not None:
         return zaqar_client.Client(
             openstack.zaqar_url,
@@ -93,8 +116,11 @@ def zaqar(openstack: OpenStackSettings) -> Any:
                 }
             },
         )
-    connection = _keystone_connection(openstack)
-    url = connection.session.get_endpoint(service_type="messaging", interface="public")
+    connection = connection or _keystone_connection(openstack)
+    try:
+        url = connection.session.get_endpoint(service_type="messaging", interface="public")
+    except Exception as exc:  # keystoneauth: cannot log in, or no such endpoint
+        raise WiringError(f"cloud {openstack.cloud!r}: Zaqar: {_without_secrets(exc)}") from None
     if not url:
         raise WiringError(f"cloud {openstack.cloud!r} has no messaging (Zaqar) endpoint")
     return zaqar_client.Client(url, version=2, session=connection.session)
@@ -107,7 +133,7 @@ def guest_backends(openstack: OpenStackSettings) -> JSON:
     It holds the Swift key in plaintext. Acceptable for this single-machine profile only: the
     user-data file is readable by the guest's user alone (0600), the key never passes through
     the state store or the engine (this compute adds it when the server is made) and the agent
-    never logs it. A Nova guest would need credentials of its own instead.
+    never logs it. Nova guests get credentials of their own instead (`nova_guest_backends`).
     """
     if openstack.swift_auth_url is None or openstack.zaqar_url is None:
         raise WiringError(
@@ -127,6 +153,14 @@ def guest_backends(openstack: OpenStackSettings) -> JSON:
     }
 
 
+def with_guest_backends(user_data: JSON, backends: JSON) -> JSON:
+    """The user-data with its `openstack` section. Compute adds it when the server is made,
+    so the guests' credentials never pass through the engine or the state store."""
+    if isinstance(user_data, dict):
+        return {**user_data, "openstack": backends}
+    return user_data  # not JSON: the adapter refuses it and says why
+
+
 class OpenStackGuestsCompute(LocalCompute):
     """LocalCompute whose guests are told (user-data `openstack`) how to reach Swift and Zaqar."""
 
@@ -144,10 +178,13 @@ class OpenStackGuestsCompute(LocalCompute):
         *,
         volume_from: str | None = None,
     ) -> ServerInfo:
-        if isinstance(user_data, dict):
-            user_data = {**user_data, "openstack": self.guest_backends}
         return super().create_server(
-            instance_id, flavor, volume_gb, zone, user_data, volume_from=volume_from
+            instance_id,
+            flavor,
+            volume_gb,
+            zone,
+            with_guest_backends(user_data, self.guest_backends),
+            volume_from=volume_from,
         )
 
 
@@ -156,8 +193,9 @@ def openstack_cloud(settings: Settings, *, guest_user: str = DEFAULT_GUEST_USER)
     openstack = openstack_settings(settings)
     if openstack.compute is not ComputeKind.LOCAL:
         raise WiringError(
-            "TROVELESS_OPENSTACK_COMPUTE=nova: Nova compute is not wired into the embedded "
-            "cloud yet; use local"
+            "TROVELESS_OPENSTACK_COMPUTE=nova: the embedded cloud (`troveless up`) makes its "
+            "servers on this machine; use local there. Nova is the functions' runtime on a "
+            "cloud (build_runtime)"
         )
     backends = guest_backends(openstack)
     root = settings.data_dir
@@ -196,6 +234,198 @@ def openstack_cloud(settings: Settings, *, guest_user: str = DEFAULT_GUEST_USER)
     )
     return EmbeddedCloud(
         settings=settings, clock=clock, state=state, blobs=blobs, queue=queue, compute=compute
+    )
+
+
+def token_validator(settings: Settings, clock: Clock) -> TokenValidator | None:
+    """Keystone's validator (service identity: `cloud`) when `api_auth` is keystone; None
+    leaves the API on the embedded signer's tokens."""
+    openstack = openstack_settings(settings)
+    if openstack.api_auth_chosen is not ApiAuth.KEYSTONE:
+        return None
+    try:
+        return KeystoneTokenValidator.from_cloud(clock, openstack.cloud)
+    except Exception as exc:  # the sdk raises many kinds for a bad clouds.yaml entry
+        raise WiringError(
+            f"api_auth keystone: the service identity, cloud {openstack.cloud!r} "
+            f"(clouds.yaml): {_without_secrets(exc)}"
+        ) from None
+
+
+def _without_secrets(exc: Exception) -> str:
+    """The error's message, unless it might echo a credential: then only its type.
+    keystoneauth's option errors say which option is missing, never a value."""
+    from keystoneauth1.exceptions import OptionError
+
+    text = str(exc)
+    if isinstance(exc, OptionError):
+        return text
+    return type(exc).__name__ if "secret" in text.lower() or "password" in text.lower() else text
+
+
+APPLICATION_CREDENTIAL_AUTH_TYPES = ("v3applicationcredential", "applicationcredential")
+
+
+def nova_guest_backends(openstack: OpenStackSettings) -> JSON:
+    """The user-data section (guest_agent/user_data.py `OpenStackBackends`, `keystone` form)
+    of a Nova guest: the application credential of `guest_cloud`, read from clouds.yaml.
+
+    Only an application credential is accepted: it is bound to one project, can be limited
+    (access rules, a restricted role) to the messaging and object-store APIs, and can be
+    revoked on its own without touching the control plane's identity. Its secret goes into
+    each guest's user-data and nowhere else (never a log, the state store or the engine).
+    """
+    from openstack.config import loader
+
+    name = openstack.guest_cloud
+    try:
+        region = loader.OpenStackConfig().get_one(cloud=name)
+    except Exception as exc:  # the sdk raises many kinds for a missing or bad entry
+        raise WiringError(f"guest_cloud {name!r} (clouds.yaml): {_without_secrets(exc)}") from None
+    auth_type = str(region.config.get("auth_type") or "")
+    auth: Mapping[str, Any] = region.config.get("auth") or {}
+    if auth_type not in APPLICATION_CREDENTIAL_AUTH_TYPES:
+        raise WiringError(
+            f"guest_cloud {name!r}: auth_type is {auth_type or 'not set'!r}; guests get an "
+            "application credential (auth_type v3applicationcredential), never a password"
+        )
+    missing = [
+        key
+        for key in ("auth_url", "application_credential_id", "application_credential_secret")
+        if not auth.get(key)
+    ]
+    if missing:
+        raise WiringError(f"guest_cloud {name!r}: its auth needs {', '.join(missing)}")
+    keystone: JSON = {
+        "auth_url": str(auth["auth_url"]),
+        "application_credential_id": str(auth["application_credential_id"]),
+        "application_credential_secret": str(auth["application_credential_secret"]),
+        "interface": str(region.get_interface() or "public"),
+    }
+    if region.region_name:
+        keystone["region_name"] = str(region.region_name)
+    section: JSON = {
+        "keystone": keystone,
+        "backups_container": openstack.backups_container,
+        "queue_poll_interval": openstack.queue_poll_interval,
+    }
+    if openstack.zaqar_url is not None:  # a noauth Zaqar: its URL and project are no secret
+        section["zaqar_url"] = openstack.zaqar_url
+        section["zaqar_project_id"] = openstack.zaqar_project_id
+    return section
+
+
+def nova_flavors(settings: Settings, openstack: OpenStackSettings) -> dict[FlavorSpec, str]:
+    """TROVELESS_OPENSTACK_FLAVORS names troveless flavors; the adapter looks Nova flavors up
+    by resources (ram_mb, vcpus)."""
+    flavors = {flavor.name: flavor for flavor in settings.flavors}
+    unknown = sorted(set(openstack.flavors) - set(flavors))
+    if unknown:
+        raise WiringError(
+            f"TROVELESS_OPENSTACK_FLAVORS: unknown flavors {unknown} "
+            f"(the flavors are {sorted(flavors)})"
+        )
+    by_spec: dict[FlavorSpec, str] = {}
+    for name, nova_flavor in openstack.flavors.items():
+        spec = FlavorSpec.of(flavors[name])
+        if by_spec.get(spec, nova_flavor) != nova_flavor:
+            raise WiringError(
+                f"TROVELESS_OPENSTACK_FLAVORS: flavors with {spec.ram_mb} MiB and "
+                f"{spec.vcpus} vCPUs are given different Nova flavors"
+            )
+        by_spec[spec] = nova_flavor
+    return by_spec
+
+
+class NovaGuestsCompute(NovaCinderCompute):
+    """NovaCinderCompute whose guests are told (user-data `openstack`) how to reach Swift and
+    Zaqar with the guests' own application credential."""
+
+    def __init__(self, connection: Any, *, guest_backends: JSON, **options: Any) -> None:
+        super().__init__(connection, **options)
+        self.guest_backends = guest_backends
+
+    def create_server(
+        self,
+        instance_id: str,
+        flavor: FlavorLike,
+        volume_gb: int,
+        zone: str | None,
+        user_data: JSON,
+        *,
+        volume_from: str | None = None,
+    ) -> ServerInfo:
+        return super().create_server(
+            instance_id,
+            flavor,
+            volume_gb,
+            zone,
+            with_guest_backends(user_data, self.guest_backends),
+            volume_from=volume_from,
+        )
+
+
+def build_openstack(settings: Settings) -> Runtime:
+    """The functions' runtime on a real OpenStack cloud (compute nova; module docstring)."""
+    openstack = openstack_settings(settings)
+    if openstack.compute is not ComputeKind.NOVA:
+        raise WiringError("build_openstack is the Nova runtime; local compute is `up`'s")
+    key = master_key(settings)  # first: refuse before reaching any service
+    backends = nova_guest_backends(openstack)
+    flavors = nova_flavors(settings, openstack)
+    clock = SystemClock()
+    connection = _keystone_connection(openstack)
+    object_store = connection.object_store
+    state = SwiftStateStore(
+        object_store,
+        openstack.state_container,
+        clock=clock,
+        revisions_kept=settings.state_revisions_kept,
+        create_container=False,
+    )
+    blobs = SwiftBlobStore(object_store, openstack.backups_container, create_container=False)
+    queue = ZaqarQueue(zaqar(openstack, connection), poll_interval=openstack.queue_poll_interval)
+    try:
+        compute = NovaGuestsCompute(
+            connection,
+            guest_backends=backends,
+            images=openstack.images,
+            flavors=flavors,
+            zones=settings.availability_zones,
+            volume_zones=openstack.volume_zones,
+            volume_type=openstack.volume_type,
+            network_id=openstack.network_id,
+            key_name=openstack.key_name,
+            security_groups=openstack.security_groups,
+            server_group_policy=openstack.server_group_policy,
+            server_group_name=openstack.server_group_name,
+            poll_interval=openstack.nova_poll_interval,
+            timeout=openstack.nova_timeout,
+        )
+    except ValueError as exc:
+        raise WiringError(f"Nova compute: {exc}") from None
+    driver = DurableDriver(state, queue, FunctionsInvoker(), clock)
+    workflows = EngineWorkflows(ExecutionService(driver), settings.state_machines_dir)
+    log.info(
+        "openstack cloud runtime built",
+        extra={
+            "cloud": openstack.cloud,
+            "guest_cloud": openstack.guest_cloud,
+            "state_container": openstack.state_container,
+            "backups_container": openstack.backups_container,
+            "zones": settings.availability_zones,
+        },
+    )
+    return Runtime(
+        settings=settings,
+        clock=clock,
+        store=state,
+        blobs=blobs,
+        queue=queue,
+        compute=compute,
+        workflows=workflows,
+        master_key=key,
+        token_validator=token_validator(settings, clock),
     )
 
 

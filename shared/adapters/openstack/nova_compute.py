@@ -11,7 +11,8 @@ once the server is ACTIVE.
 Nothing is kept outside the cloud: servers are named `troveless-<instance id>` and carry
 metadata (troveless-instance-id, troveless-volume-id, troveless-ram-mb, troveless-vcpus); volumes
 carry troveless-instance-id, and troveless-kept=true once delete_server kept them. A restarted
-control plane finds everything again from that, which is what adopt/orphans/reap use.
+control plane finds everything again from that, which is what adopt/orphans/reap use (their
+code is shared with EC2: shared/adapters/cloud_compute.py).
 
 Growing the volume detaches it, extends it (Cinder `os-extend` on an available volume works on
 every backend and needs no microversion 3.42 online-extend support) and attaches it again, so
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from openstack.block_storage.v3.volume import Volume
 from openstack.compute.v2.server import Server
 from openstack.connection import Connection
 
+from shared.adapters.cloud_compute import CloudServers, cloud_flavor
 from shared.adapters.cloud_server_requests import (
     DATA_VOLUME_PATH,
     ServerRequest,
@@ -101,7 +103,7 @@ def cinder_device_candidates(volume_id: str) -> list[str]:
     ]
 
 
-class NovaCinderCompute:
+class NovaCinderCompute(CloudServers):
     """Compute on Nova + Cinder. `images` maps "<datastore>:<version>" (or "<datastore>") to a
     Glance image id; `flavors` maps each troveless flavor (ram_mb, vcpus) to a Nova flavor id;
     `zones` are the Nova availability zones to use; `volume_zones` optionally maps a Nova zone to
@@ -328,27 +330,9 @@ class NovaCinderCompute:
         )
         self._wait_server(server_id, ("ACTIVE", "SHUTOFF"), instance_id)
 
-    def adopt(self) -> list[ServerInfo]:
-        """Nova keeps the servers whatever the control plane does: adopting is reporting them
-        (found by name and metadata). A server left in BUILD by a crashed create is reported as
-        Nova sees it; delete_server or reap removes it with its volume."""
-        return self.list_servers()
-
-    def orphans(self, known_instance_ids: Iterable[str]) -> list[ServerInfo]:
-        known = set(known_instance_ids)
-        return [s for s in self.list_servers() if s.instance_id not in known]
-
-    def reap(self, instance_id: str) -> None:
-        self.delete_server(instance_id, keep_volume=False)
-
     # ------------------------------------------------------------------ building
     def _nova_flavor(self, instance_id: str, spec: FlavorSpec) -> str:
-        try:
-            return self.flavors[spec]
-        except KeyError:
-            raise ComputeRequestError(
-                instance_id, f"no Nova flavor configured for {spec.ram_mb} MiB / {spec.vcpus} vCPU"
-            ) from None
+        return cloud_flavor(instance_id, self.flavors, spec, "Nova flavor")
 
     def _build(
         self, request: ServerRequest, nova_flavor: str, zone: str, kept: Any | None

@@ -21,7 +21,8 @@ HERE = Path(__file__).parent
 ABOUT = (
     "Written by hand (through compose_nova_recordings.py) from the OpenStack API references: "
     "Keystone v3 (POST /v3/auth/tokens), Compute API v2.1 (microversion 2.96), Block Storage "
-    "API v3. NOT captured from a live cloud. '{base}' is the replay server's URL."
+    "API v3, Messaging (Zaqar) API v2. NOT captured from a live cloud. '{base}' is the replay "
+    "server's URL."
 )
 PROJECT = "6f4b2a9e0c3d4e5f8a7b6c5d4e3f2a1b"
 IMAGE = "3c8f9a52-6d1e-4b7a-9f0e-2a1b3c4d5e6f"
@@ -60,8 +61,15 @@ def req(
 
 
 # --------------------------------------------------------------------------- Keystone
-def token() -> list[dict[str, Any]]:
-    """Password authentication scoped to the project; the catalog points at the replay."""
+def token(
+    extra_services: tuple[tuple[str, str, str], ...] = (),
+    *,
+    application_credential: tuple[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Password authentication scoped to the project; the catalog points at the replay.
+    `extra_services` adds (type, name, path) entries to Nova's and Cinder's. With
+    `application_credential` (id, secret) the login is that credential's instead: Keystone
+    scopes its token to the credential's project, so the request names no scope."""
 
     def service(kind: str, name: str, path: str) -> dict[str, Any]:
         return {
@@ -100,6 +108,7 @@ def token() -> list[dict[str, Any]]:
             "catalog": [
                 service("compute", "nova", COMPUTE),
                 service("block-storage", "cinderv3", VOLUMES),
+                *(service(*extra) for extra in extra_services),
             ],
         }
     }
@@ -112,13 +121,37 @@ def token() -> list[dict[str, Any]]:
             "scope": {"project": {"name": "dbaas", "domain": {"name": "Default"}}},
         }
     }
+    subject = "gAAAAABnR2-replayed-token"
+    if application_credential is not None:
+        credential_id, secret = application_credential
+        auth = {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {"id": credential_id, "secret": secret},
+                }
+            }
+        }
+        body["token"]["methods"] = ["application_credential"]
+        body["token"]["user"] = {
+            "id": "0d1e2f3a4b5c4d6e8f7a9b0c1d2e3f4a",
+            "name": "troveless-guests",
+            "domain": {"id": "default", "name": "Default"},
+            "password_expires_at": None,
+        }
+        body["token"]["application_credential"] = {
+            "id": credential_id,
+            "name": "troveless-guests",
+            "restricted": True,
+        }
+        subject = "gAAAAABnR2-replayed-guest-token"
     return [
         exchange(
             "Keystone: issue a project-scoped token (201, token in X-Subject-Token)",
             req("POST", "/identity/v3/auth/tokens", body=auth),
             201,
             body,
-            **{"X-Subject-Token": "gAAAAABnR2-replayed-token"},
+            **{"X-Subject-Token": subject},
         )
     ]
 
@@ -830,6 +863,100 @@ def scenario_redelivered_resizes() -> list[dict[str, Any]]:
     ]
 
 
+# --------------------------------------------------------------------------- the wired runtime
+MESSAGING = "/messaging"
+OBJECT_STORE = f"/object-store/v1/AUTH_{PROJECT}"
+CLOUD_SERVICES = (
+    ("messaging", "zaqar", MESSAGING),
+    ("object-store", "swift", OBJECT_STORE),
+)
+
+
+def zaqar_declare(
+    name: str, metadata: dict[str, Any], removed: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """ZaqarQueue.ensure_queue's two calls (Messaging API v2): create the queue (PUT, 201; 204
+    when it exists), then set its metadata with a JSON-patch (PATCH, 200 and the metadata)."""
+    changes: list[dict[str, Any]] = [
+        {"op": "add", "path": f"/metadata/{key}", "value": value} for key, value in metadata.items()
+    ] + [{"op": "remove", "path": f"/metadata/{key}"} for key in removed]
+    return [
+        exchange(
+            f"Zaqar: create queue {name} (201)",
+            req("PUT", f"{MESSAGING}/v2/queues/{name}", body=metadata),
+            201,
+        ),
+        exchange(
+            f"Zaqar: set the metadata of {name} (JSON patch, 200)",
+            req("PATCH", f"{MESSAGING}/v2/queues/{name}", body=changes),
+            200,
+            metadata,
+        ),
+    ]
+
+
+def scenario_wired_runtime() -> list[dict[str, Any]]:
+    """build_runtime for the openstack profile with Nova compute, then one create_server:
+    one Keystone login (the catalog has Zaqar and Swift too), the engine declaring its queues
+    in Zaqar, and the create reaching Nova with the guest's user-data. Swift is not called:
+    the deployment made its containers."""
+    base = {"troveless_queue": 1, "_default_message_delay": 1}
+    dead = "engine-steps-dead"
+    return [
+        *token(CLOUD_SERVICES),
+        *zaqar_declare(dead, base, ("_max_claim_count", "_dead_letter_queue")),
+        *zaqar_declare(dead, base),
+        *zaqar_declare(
+            "engine-steps", {**base, "_max_claim_count": 50, "_dead_letter_queue": dead}
+        ),
+        *compute_discovery(),
+        *created_server(),
+    ]
+
+
+GUEST_CREDENTIAL = ("guest-app-cred-id-0001", "guest-app-cred-secret-never-logged")
+
+
+def scenario_guest_backends() -> list[dict[str, Any]]:
+    """A Nova guest's agent building its backends from the user-data's `keystone` section:
+    it logs in with the guests' application credential, then reaches Swift (a HEAD of a
+    backup that is not there: 404) and Zaqar (reads the events queue's metadata, then posts
+    an event) at the endpoints of its token's catalog."""
+    events = "guest-events"
+    message_id = "51db6f78c508f17ddc924357"
+    return [
+        *token(CLOUD_SERVICES, application_credential=GUEST_CREDENTIAL),
+        exchange(
+            "Swift: HEAD a backup object that does not exist (404)",
+            req("HEAD", f"{OBJECT_STORE}/troveless-backups/blobs/no-such-backup"),
+            404,
+        ),
+        exchange(
+            "Zaqar: get the events queue (its metadata, 200)",
+            req("GET", f"{MESSAGING}/v2/queues/{events}"),
+            200,
+            {
+                "troveless_queue": 1,
+                "_default_message_delay": 1,
+                "_max_claim_count": 5,
+                "_dead_letter_queue": f"{events}-dlq",
+                "_default_message_ttl": 3600,
+                "_max_messages_post_size": 262144,
+            },
+        ),
+        exchange(
+            "Zaqar: post one message (201, its href)",
+            req(
+                "POST",
+                f"{MESSAGING}/v2/queues/{events}/messages",
+                body={"messages": [{"body": {"kind": "heartbeat"}, "ttl": 1209600, "delay": 0}]},
+            ),
+            201,
+            {"resources": [f"/v2/queues/{events}/messages/{message_id}"]},
+        ),
+    ]
+
+
 SCENARIOS = {
     "nova_redelivered_resizes": scenario_redelivered_resizes,
     "nova_interrupted_create": scenario_interrupted_create,
@@ -838,6 +965,8 @@ SCENARIOS = {
     "nova_lifecycle": scenario_lifecycle,
     "nova_failed_boot": scenario_failed_boot,
     "nova_server_group_kept_volume": scenario_server_group_kept_volume_and_orphans,
+    "nova_wired_runtime": scenario_wired_runtime,
+    "nova_guest_backends": scenario_guest_backends,
 }
 
 

@@ -37,6 +37,14 @@ V1 = {
     "TROVELESS_OPENSTACK_ZAQAR_PROJECT_ID": "troveless",
 }
 INSTANCE = "1b4e28ba-2fa1-41d2-883f-0016d3cca427"
+# The least a Nova (cloud) form of the settings needs.
+NOVA: dict[str, Any] = {
+    "cloud": "c",
+    "guest_cloud": "g",
+    "compute": "nova",
+    "images": {"mariadb": "image-id"},
+    "flavors": {"tl.tiny": "flavor-id"},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -127,9 +135,9 @@ def test_up_says_what_to_set_and_exits_2(tmp_path: Path) -> None:
 def test_nova_compute_is_refused_in_the_embedded_cloud(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    _set(monkeypatch, {**V1, "TROVELESS_OPENSTACK_COMPUTE": "nova"})
+    nova = OpenStackSettings(**NOVA)
     with pytest.raises(WiringError, match="nova"):
-        openstack_cloud(load_settings(profile="openstack", data_dir=tmp_path))
+        openstack_cloud(load_settings(profile="openstack", data_dir=tmp_path, openstack=nova))
 
 
 def test_an_unreachable_swift_is_a_wiring_error_without_the_key(
@@ -150,14 +158,13 @@ def test_guests_need_v1_swift_and_noauth_zaqar() -> None:
 def test_one_machine_openstack_keeps_its_master_key_beside_its_data(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    cloud_form = OpenStackSettings(**NOVA)  # before the V1 variables, which it would take
     _set(monkeypatch, V1)
     settings = load_settings(profile="openstack", data_dir=tmp_path)
     key = master_key(settings)
     assert len(key) == 32 and master_key(settings) == key
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
-    nova = settings.model_copy(
-        update={"openstack": OpenStackSettings(cloud="c", compute=ComputeKind.NOVA)}
-    )
+    nova = settings.model_copy(update={"openstack": cloud_form})
     with pytest.raises(WiringError, match="TROVELESS_MASTER_KEY"):
         master_key(nova)
 
@@ -186,6 +193,7 @@ def test_guest_user_data_carries_the_backends(monkeypatch: pytest.MonkeyPatch) -
     assert openstack is not None
     parsed = parse_user_data(_user_data(guest_backends(openstack)))
     assert parsed.openstack is not None
+    assert parsed.openstack.swift_key is not None
     assert parsed.openstack.swift_key.get_secret_value() == KEY
     assert parsed.openstack.backups_container == deployment.BACKUPS_CONTAINER
     assert KEY not in repr(parsed)
