@@ -2,9 +2,10 @@
 
 A package holds the generated `main.py` (calling `infra.openstack.qinling_entry.serve`), the
 first-party modules the function can reach (found by following its imports, so the guest agent
-and the AWS adapters stay out unless something imports them), the state-machine definitions,
-and `requirements.txt`: the third-party distributions those modules import, with the version
-ranges pyproject.toml gives them. Wheels are not vendored; the runtime image installs them.
+stays out unless something imports it; the AWS profile's modules are left out by name), the
+state-machine definitions, and `requirements.txt`: the third-party distributions those modules
+import, with the version ranges pyproject.toml gives them. Wheels are not vendored; the runtime
+image installs them.
 
 The functions: the API, the guest-events consumer, every task module the state machines name
 (`fn:module.func`), the backup scheduler and the heartbeat watchdog (when present), and the
@@ -30,6 +31,9 @@ from shared.settings import REPO_ROOT
 
 ENTRY = "main.main"  # Qinling's default entry: module `main`, function `main`
 FIRST_PARTY = ("functions", "shared", "infra", "guest_agent", "bench")
+# The AWS profile's wiring and adapters: reachable by name (build_runtime imports the profile
+# chosen, lazily) but never run on OpenStack, so they and boto3 stay out of the packages.
+OTHER_PROFILES = ("infra.aws", "shared.adapters.aws")
 STATE_MACHINES_DIR = "state_machines"
 REQUIREMENTS_FILE = "requirements.txt"
 SETTINGS_FILE = "troveless.toml"  # optional, non-secret settings packaged with the code
@@ -194,7 +198,9 @@ def import_closure(root: Path, roots: Iterable[str]) -> Closure:
             if top and top not in sys.stdlib_module_names:
                 third_party.add(top)
             continue
-        if name in modules:
+        if name in modules or any(
+            name == other or name.startswith(f"{other}.") for other in OTHER_PROFILES
+        ):
             continue
         path = module_file(root, name)
         if path is None:

@@ -19,6 +19,7 @@ from infra.cli.main import app
 from infra.openstack import qinling_entry
 from infra.openstack.qinling_packages import (
     FIRST_PARTY,
+    OTHER_PROFILES,
     BuiltPackage,
     PackagingError,
     build_all,
@@ -67,6 +68,9 @@ def test_each_zip_has_an_entry_requirements_and_only_what_it_needs(
         assert "state_machines/provision_instance.asl.json" in names
         assert not [n for n in names if n.startswith(("guest_agent/", "infra/cli/", "tests/"))]
         assert "functions/lambda_tasks.py" not in names  # AWS's entry, not Qinling's
+        # The AWS profile's wiring and adapters never run on OpenStack: left out, boto3 too.
+        assert not [n for n in names if n.startswith(("infra/aws/", "shared/adapters/aws/"))]
+        assert not [r for r in requirements if r.startswith(("boto3", "botocore"))]
         assert "pydantic>=2.7" in requirements
 
 
@@ -98,6 +102,8 @@ def test_zips_are_closed_under_imports_and_declare_third_party_ones(
             module = name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
             for imported in _imports(source, module, name.endswith("__init__.py")):
                 top = imported.partition(".")[0]
+                if imported.startswith(tuple(f"{other}." for other in OTHER_PROFILES)):
+                    continue  # another profile's, imported only when that profile is chosen
                 if top in FIRST_PARTY:
                     path = imported.replace(".", "/")
                     assert (
