@@ -53,6 +53,9 @@ class AwsSettings(BaseSettings):
     subnets: dict[str, str] = Field(default_factory=dict)
     security_group_ids: list[str] = Field(default_factory=list)
     key_name: str | None = None
+    # The instance profile (ARN or name) every EC2 guest is launched with: its credentials
+    # come from the instance metadata service, never from user-data.
+    guest_instance_profile: Annotated[str, Field(min_length=1)] | None = None
 
 
 def aws_variables() -> dict[str, str]:

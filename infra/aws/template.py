@@ -32,6 +32,7 @@ from infra.aws.definitions import (
     state_machine_logical_id,
     task_functions,
 )
+from shared.aws_settings import AwsSettings
 from shared.ports import JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,14 @@ ENTRY_FUNCTIONS = (API, GUEST_EVENTS, BACKUP_SCHEDULER, HEARTBEAT_WATCHDOG)
 MANAGED_POLICIES = ("StorePolicy", "QueuesPolicy", "WorkflowsPolicy", "MasterKeyPolicy")
 # Only the state machines' tasks make, change and remove servers.
 TASK_POLICIES = (*MANAGED_POLICIES, "ComputePolicy")
+# The guests' own role, given to every EC2 guest through the instance profile below.
+GUEST_ROLE = "GuestRole"
+GUEST_POLICY = "GuestPolicy"
+GUEST_INSTANCE_PROFILE = "GuestInstanceProfile"
+# shared/services/guest_channel.py COMMAND_QUEUE_PREFIX, and AwsSettings.blob_prefix's default
+# (the template sets no other): what a guest reads and writes, nothing else.
+GUEST_COMMAND_QUEUE_PREFIX = "guest-cmd-"
+BACKUPS_PREFIX = str(AwsSettings.model_fields["blob_prefix"].default)
 
 
 def _ref(name: str) -> JSON:
@@ -186,7 +195,97 @@ def _compute_statements() -> list[JSON]:
             "Resource": OURS,
             "Condition": {"Null": {f"aws:ResourceTag/{TAG_KEY}": "false"}},
         },
+        {
+            # Launching with the guests' instance profile hands its role to EC2.
+            "Sid": "PassGuestRole",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": _arn(GUEST_ROLE),
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        },
     ]
+
+
+def _guest_statements() -> list[JSON]:
+    """What a guest agent does with AWS: its command queue, the events queue, the backups.
+
+    One role serves every guest (IAM cannot name "this instance's queue" from the instance),
+    so the queue statement allows the command-queue name pattern; commands are signed with a
+    per-instance secret, so a guest cannot forge another's. Backups: read and write under the
+    backups prefix, delete only the staged uploads the blob store cleans up after itself.
+    """
+    queues = "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${QueuePrefix}"
+    backups = "${StateBucket.Arn}/" + BACKUPS_PREFIX
+    return [
+        {
+            "Sid": "OwnCommands",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:GetQueueUrl",
+                "sqs:GetQueueAttributes",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+            ],
+            "Resource": _sub(queues + GUEST_COMMAND_QUEUE_PREFIX + "*"),
+        },
+        {
+            "Sid": "SendEvents",
+            "Effect": "Allow",
+            "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+            "Resource": _arn("GuestEventsQueue"),
+        },
+        {
+            "Sid": "ListBackups",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": _arn("StateBucket"),
+            "Condition": {"StringLike": {"s3:prefix": [BACKUPS_PREFIX + "*"]}},
+        },
+        {
+            "Sid": "ReadWriteBackups",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts"],
+            "Resource": _sub(backups + "*"),
+        },
+        {
+            "Sid": "CleanStagedUploads",
+            "Effect": "Allow",
+            "Action": ["s3:DeleteObject", "s3:AbortMultipartUpload"],
+            "Resource": _sub(backups + "staging/*"),
+        },
+    ]
+
+
+def _guest_identity() -> dict[str, JSON]:
+    """The guests' role (EC2 may assume it) and the instance profile that carries it."""
+    return {
+        GUEST_POLICY: _policy(
+            "Guest agents: their command queues, the events queue, the backups prefix.",
+            _guest_statements(),
+        ),
+        GUEST_ROLE: {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "Assumed by troveless guest instances (EC2) only.",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": ["sts:AssumeRole"],
+                        }
+                    ],
+                },
+                "ManagedPolicyArns": [_ref(GUEST_POLICY)],
+            },
+        },
+        GUEST_INSTANCE_PROFILE: {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Roles": [_ref(GUEST_ROLE)]},
+        },
+    }
 
 
 def _policies() -> dict[str, JSON]:
@@ -422,7 +521,13 @@ def build_template(state_machines_dir: Path = STATE_MACHINES_DIR) -> JSON:
     machine_functions = {name: task_functions(d) for name, d in definitions.items()}
     all_tasks = sorted({f for functions in machine_functions.values() for f in functions})
     max_stack_name = MAX_LAMBDA_NAME - 1 - longest_function_name(all_tasks)
-    resources: dict[str, JSON] = {**_bucket(), **_queues(), **_policies(), **_entry_functions()}
+    resources: dict[str, JSON] = {
+        **_bucket(),
+        **_queues(),
+        **_policies(),
+        **_guest_identity(),
+        **_entry_functions(),
+    }
     for function in all_tasks:
         resources[function_logical_id(function)] = _task_function(function)
     for name, functions in machine_functions.items():
@@ -437,6 +542,8 @@ def build_template(state_machines_dir: Path = STATE_MACHINES_DIR) -> JSON:
         "TROVELESS_AWS_MASTER_KEY_SECRET_ARN": _ref("MasterKeySecretArn"),
         # Settings.availability_zones, a JSON list: the region's zones, for EC2 compute.
         "TROVELESS_AVAILABILITY_ZONES": _availability_zones_json(),
+        # EC2 compute launches every guest with it: guests get no keys in their user-data.
+        "TROVELESS_AWS_GUEST_INSTANCE_PROFILE": _arn(GUEST_INSTANCE_PROFILE),
     }
     return {
         "AWSTemplateFormatVersion": "2010-09-09",

@@ -8,7 +8,7 @@
 - queues: SQS under `queue_prefix`;
 - workflows: Step Functions state machines `<state_machine_arn_prefix><definition>`;
 - compute: EC2 + EBS, AMIs from `images`, instance types per flavor name from `instance_types`,
-  the zones of `Settings.availability_zones`;
+  the zones of `Settings.availability_zones`, guests launched with `guest_instance_profile`;
 - the master key: the Secrets Manager secret `master_key_secret_arn` when set (the template
   sets it), else TROVELESS_MASTER_KEY.
 
@@ -128,6 +128,7 @@ def ec2_compute(settings: Settings, aws: AwsSettings, client: Any) -> Compute:
             subnets=aws.subnets,
             security_group_ids=aws.security_group_ids,
             key_name=aws.key_name,
+            instance_profile=aws.guest_instance_profile,
         )
     except ValueError as exc:
         raise WiringError(f"EC2 compute: {exc}") from None

@@ -8,9 +8,12 @@ instance types, sizes) and that it cleans up; the guest side is the cloud-config
 from __future__ import annotations
 
 import base64
+import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from shared.adapters.aws.ec2_compute import (
@@ -325,3 +328,110 @@ def test_a_new_adapter_adopts_servers_and_reaps_orphans(
         {t["Key"]: t["Value"] for t in v["Tags"]}[TAG_INSTANCE] for v in _troveless_volumes(ec2)
     ]
     assert owners == ["inst-known"]  # the orphan's volume went with it
+
+
+# Credentials only this test's EC2 client signs with (moto takes any): if the adapter ever put
+# its own keys into a guest's user-data, they would show up there.
+CONTROL_PLANE_KEY_ID = "AKIATROVELESSCTRL001"
+CONTROL_PLANE_SECRET = "control-plane-secret-never-in-user-data"
+AWS_KEY_PATTERNS = (
+    re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"),
+    re.compile(r"aws_(access_key_id|secret_access_key|session_token)", re.IGNORECASE),
+    re.compile(r"(AccessKeyId|SecretAccessKey|SessionToken)"),
+)
+
+
+@pytest.fixture
+def guest_profile(moto_endpoint: str) -> Iterator[str]:
+    """An IAM role and instance profile on the moto server (removed after the test)."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_endpoint,
+        region_name=moto_server.REGION,
+        aws_access_key_id=moto_server.ACCESS_KEY,
+        aws_secret_access_key=moto_server.SECRET_KEY,
+    )
+    name = f"guest-{uuid.uuid4().hex[:8]}"
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    try:
+        arn = str(iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"])
+        try:
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+            yield arn
+        finally:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
+            iam.delete_instance_profile(InstanceProfileName=name)
+    finally:
+        iam.delete_role(RoleName=name)
+
+
+@pytest.mark.parametrize("given_as", ["arn", "name"])
+def test_guests_get_the_instance_profile_and_no_keys_in_user_data(
+    moto_endpoint: str, ec2: Any, guest_profile: str, given_as: str
+) -> None:
+    compute = Ec2Compute(
+        make_ec2_client(
+            moto_endpoint,
+            region=moto_server.REGION,
+            access_key=CONTROL_PLANE_KEY_ID,
+            secret_key=CONTROL_PLANE_SECRET,
+        ),
+        images=IMAGES,
+        instance_types=INSTANCE_TYPES,
+        zones=ZONES,
+        instance_profile=guest_profile if given_as == "arn" else guest_profile.rsplit("/", 1)[1],
+        poll_interval=0.05,
+        timeout=30,
+    )
+    try:
+        info = compute.create_server("inst-a", SMALL, 1, None, dict(USER_DATA))
+
+        [instance] = ec2.describe_instances(InstanceIds=[info.server_id])["Reservations"][0][
+            "Instances"
+        ]
+        assert instance["IamInstanceProfile"]["Arn"] == guest_profile
+        [association] = ec2.describe_iam_instance_profile_associations(
+            Filters=[{"Name": "instance-id", "Values": [info.server_id]}]
+        )["IamInstanceProfileAssociations"]
+        assert association["IamInstanceProfile"]["Arn"] == guest_profile
+
+        raw = ec2.describe_instance_attribute(InstanceId=info.server_id, Attribute="userData")
+        cloud_config = base64.b64decode(raw["UserData"]["Value"]).decode()
+        assert user_data_from_cloud_config(cloud_config) == USER_DATA  # all it was given
+        assert CONTROL_PLANE_KEY_ID not in cloud_config
+        assert CONTROL_PLANE_SECRET not in cloud_config
+        for pattern in AWS_KEY_PATTERNS:
+            assert pattern.search(cloud_config) is None, pattern.pattern
+    finally:
+        for server in compute.list_servers():
+            compute.delete_server(server.instance_id)
+        for volume in _troveless_volumes(ec2):
+            ec2.delete_volume(VolumeId=volume["VolumeId"])
+
+
+def test_without_a_profile_guests_are_launched_without_one(compute: Ec2Compute, ec2: Any) -> None:
+    info = compute.create_server("inst-a", SMALL, 1, None, dict(USER_DATA))
+    [instance] = ec2.describe_instances(InstanceIds=[info.server_id])["Reservations"][0][
+        "Instances"
+    ]
+    assert "IamInstanceProfile" not in instance
+
+
+def test_an_unknown_profile_is_refused_and_leaves_nothing(moto_endpoint: str, ec2: Any) -> None:
+    compute = Ec2Compute(
+        _ec2(moto_endpoint),
+        images=IMAGES,
+        instance_types=INSTANCE_TYPES,
+        zones=ZONES,
+        instance_profile="arn:aws:iam::123456789012:instance-profile/never-made",
+        poll_interval=0.05,
+        timeout=30,
+    )
+    try:
+        with pytest.raises(ComputeError, match="launch"):
+            compute.create_server("inst-a", SMALL, 1, None, dict(USER_DATA))
+        assert compute.list_servers() == []
+        assert _troveless_volumes(ec2) == []
+    finally:
+        for server in compute.list_servers():
+            compute.delete_server(server.instance_id)

@@ -27,6 +27,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared.adapters.cloud_compute import CloudServers, cloud_flavor
 from shared.adapters.cloud_server_requests import (
     DATA_VOLUME_PATH,
     ServerRequest,
@@ -88,10 +89,11 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class Ec2Compute:
+class Ec2Compute(CloudServers):
     """Compute on EC2. `images` maps "<datastore>:<version>" (or "<datastore>") to an AMI id;
     `instance_types` maps each flavor's (ram_mb, vcpus) to an instance type; `zones` are the
-    availability zones to use, `subnets` optionally the subnet per zone (else the default VPC's).
+    availability zones to use, `subnets` optionally the subnet per zone (else the default VPC's),
+    `instance_profile` (ARN or name) the IAM instance profile every guest is launched with.
     `poll_interval` and `timeout` bound every wait for EC2 to reach a state."""
 
     def __init__(
@@ -104,6 +106,7 @@ class Ec2Compute:
         subnets: Mapping[str, str] | None = None,
         security_group_ids: Sequence[str] = (),
         key_name: str | None = None,
+        instance_profile: str | None = None,
         volume_type: str = "gp3",
         poll_interval: float = 2.0,
         timeout: float = 600.0,
@@ -117,6 +120,7 @@ class Ec2Compute:
         self.subnets = dict(subnets or {})
         self.security_group_ids = list(security_group_ids)
         self.key_name = key_name
+        self.instance_profile = instance_profile
         self.volume_type = volume_type
         self.poll_interval = poll_interval
         self.timeout = timeout
@@ -307,28 +311,9 @@ class Ec2Compute:
         )
         return self._info(self._require(instance_id))
 
-    def adopt(self) -> list[ServerInfo]:
-        """EC2 keeps the servers whatever the control plane does: adopting is reporting them.
-        A create interrupted before its instance existed left at most a tagged volume, which
-        the repeated create reuses and delete_server removes."""
-        return self.list_servers()
-
-    def orphans(self, known_instance_ids: Iterable[str]) -> list[ServerInfo]:
-        known = set(known_instance_ids)
-        return [s for s in self.list_servers() if s.instance_id not in known]
-
-    def reap(self, instance_id: str) -> None:
-        self.delete_server(instance_id, keep_volume=False)
-
     # ------------------------------------------------------------------ building
     def _instance_type(self, instance_id: str, spec: FlavorSpec) -> str:
-        try:
-            return self.instance_types[spec]
-        except KeyError:
-            raise ComputeRequestError(
-                instance_id,
-                f"no instance type configured for {spec.ram_mb} MiB / {spec.vcpus} vCPU",
-            ) from None
+        return cloud_flavor(instance_id, self.instance_types, spec, "instance type")
 
     def _build(
         self,
@@ -439,6 +424,13 @@ class Ec2Compute:
                 launch["SecurityGroupIds"] = self.security_group_ids
             if self.key_name:
                 launch["KeyName"] = self.key_name
+            if self.instance_profile:
+                # The guest's AWS credentials: from the metadata service, never user-data.
+                launch["IamInstanceProfile"] = (
+                    {"Arn": self.instance_profile}
+                    if self.instance_profile.startswith("arn:")
+                    else {"Name": self.instance_profile}
+                )
             reservation = self._call(instance_id, "launch", self.client.run_instances, **launch)
             server_id = str(reservation["Instances"][0]["InstanceId"])
             self._wait_instance(server_id, "running", instance_id)

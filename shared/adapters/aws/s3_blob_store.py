@@ -1,8 +1,10 @@
 """The S3 BlobStore: large objects streamed through multipart uploads, checked by sha256.
 
-Objects live at `<prefix>blobs/<key>`. `put` reads the chunks into one part buffer at a time
-(8 MiB) while hashing them. An object that ends within the first part is stored by a single
-PutObject carrying its sha256 as metadata. Anything larger goes up as a multipart upload to
+Objects live at `<prefix>blobs/<key>`. `put` gathers the chunks into parts of 8 MiB (larger
+after every 1,000 parts, see `part_bytes`) while hashing them, and sends up to
+`parts_in_flight` parts (2) at once on threads of its own while it gathers the next, so memory
+stays at a few parts whatever the size. An object that ends within the first part is stored by
+a single PutObject carrying its sha256 as metadata. Anything larger goes up as a multipart upload to
 `<prefix>staging/<random>`, and once complete (and its sha256 known) is copied server-side to its
 key with its metadata, then the staged copy is removed: S3 fixes an object's metadata when its
 upload starts, and the copy makes the object visible whole, metadata included. Any error before
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import builtins
 import secrets
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
@@ -36,6 +40,8 @@ from shared.observability import get_logger
 from shared.ports import BlobInfo
 
 PART_BYTES = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
+PARTS_PER_SIZE_STEP = 1000  # parts grow by PART_BYTES after each this many (see part_bytes)
+PARTS_IN_FLIGHT = 2  # parts uploaded at once by one put (memory: this many parts)
 # CopyObject copies up to 5 GiB in one call; beyond that, in parts (of at most 5 GiB each).
 SINGLE_COPY_LIMIT = 5 * 1024**3
 COPY_PART_BYTES = 1024**3
@@ -70,9 +76,10 @@ class _S3BlobStream(Iterator[bytes]):
             raise StopIteration
         for chunk in self._chunks:
             if chunk:
+                # Already bytes from botocore: handed on as they are, never copied.
                 self._digest.update(chunk)
                 self._read += len(chunk)
-                return bytes(chunk)
+                return chunk
         self.close()
         if self._read != self._size:
             raise CorruptDataError(self._key, f"read {self._read} bytes, S3 says {self._size}")
@@ -89,14 +96,81 @@ class _S3BlobStream(Iterator[bytes]):
         self.close()
 
 
+def part_bytes(number: int) -> int:
+    """The size part `number` (from 1) is gathered to. S3 allows 10,000 parts: growing by
+    PART_BYTES every 1,000 parts lets one object reach ~430 GiB (~78 GiB at a fixed 8 MiB)."""
+    return PART_BYTES * (1 + (number - 1) // PARTS_PER_SIZE_STEP)
+
+
+def _joined(chunks: Sequence[bytes]) -> bytes:
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _PartUploads:
+    """The parts of one multipart upload, sent by up to `in_flight` threads at once.
+
+    Parts go up while the next one is gathered (and the caller's source keeps producing), as
+    boto3's own transfer manager does; waiting for the oldest part before sending one more
+    bounds the bytes held to `in_flight` parts. The first failure is raised by `send` or
+    `finish`; `cancel` drops parts not yet started and waits for the running ones."""
+
+    def __init__(self, client: Any, bucket: str, key: str, upload_id: str, in_flight: int) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._upload_id = upload_id
+        self._in_flight = in_flight
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="s3-part")
+        self._running: deque[Future[dict[str, Any]]] = deque()
+        self._done: builtins.list[dict[str, Any]] = []
+        self.sent = 0
+
+    def _upload(self, number: int, data: bytes) -> dict[str, Any]:
+        response = self._client.upload_part(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return {"ETag": response["ETag"], "PartNumber": number}
+
+    def send(self, data: bytes) -> None:
+        if len(self._running) >= self._in_flight:
+            self._done.append(self._running.popleft().result())
+        self.sent += 1
+        self._running.append(self._pool.submit(self._upload, self.sent, data))
+
+    def finish(self) -> builtins.list[dict[str, Any]]:
+        """The parts, in order, once all are stored."""
+        try:
+            while self._running:
+                self._done.append(self._running.popleft().result())
+        finally:
+            self._pool.shutdown(wait=True)
+        return sorted(self._done, key=lambda part: int(part["PartNumber"]))
+
+    def cancel(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class S3BlobStore:
     """BlobStore on an S3 bucket; any number of processes may share one bucket and prefix."""
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str = "", *, create_bucket: bool = True
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        create_bucket: bool = True,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
     ) -> None:
+        if parts_in_flight < 1:
+            raise ValueError(f"parts_in_flight must be >= 1, got {parts_in_flight}")
         self.client = client
         self.bucket = bucket
+        self.parts_in_flight = parts_in_flight
         self.prefix = normalized_prefix(prefix)
         self._namespace = self.prefix + "blobs/"
         if create_bucket:
@@ -115,39 +189,49 @@ class S3BlobStore:
         user_metadata = validate_metadata(metadata)
         digest = sha256()
         size = 0
-        buffer = bytearray()
+        # The chunks of the part being gathered: joined once when it is sent (one copy).
+        pending: builtins.list[bytes] = []
+        pending_bytes = 0
         staging_key = f"{self.prefix}staging/{secrets.token_hex(16)}"
         upload_id: str | None = None
+        uploads: _PartUploads | None = None
         staged = False
-        parts: list[dict[str, Any]] = []
         try:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
                 digest.update(view)
                 size += view.nbytes
-                buffer += view
-                while len(buffer) >= PART_BYTES:
-                    if upload_id is None:
-                        upload_id = self.client.create_multipart_upload(
-                            Bucket=self.bucket, Key=staging_key
-                        )["UploadId"]
-                    with memoryview(buffer) as whole:
-                        part = bytes(whole[:PART_BYTES])  # one copy, not two
-                    del buffer[:PART_BYTES]
-                    parts.append(self._upload_part(staging_key, upload_id, len(parts) + 1, part))
+                pending_bytes += view.nbytes
+                # bytes cannot change under us; any other buffer may be reused by the caller.
+                pending.append(chunk if type(chunk) is bytes else view.tobytes())
+                if pending_bytes >= part_bytes((uploads.sent if uploads else 0) + 1):
+                    if uploads is None:
+                        upload_id = str(
+                            self.client.create_multipart_upload(
+                                Bucket=self.bucket, Key=staging_key
+                            )["UploadId"]
+                        )
+                        uploads = _PartUploads(
+                            self.client, self.bucket, staging_key, upload_id, self.parts_in_flight
+                        )
+                    uploads.send(_joined(pending))
+                    pending, pending_bytes = [], 0
             stored_metadata = {SHA256_METADATA: digest.hexdigest()}
             stored_metadata.update(
                 {USER_METADATA_PREFIX + name: value for name, value in user_metadata.items()}
             )
-            if upload_id is None:
+            if uploads is None:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=object_key, Body=bytes(buffer), Metadata=stored_metadata
+                    Bucket=self.bucket,
+                    Key=object_key,
+                    Body=_joined(pending),
+                    Metadata=stored_metadata,
                 )
             else:
-                if buffer:
-                    last = bytes(buffer)
-                    buffer = bytearray()
-                    parts.append(self._upload_part(staging_key, upload_id, len(parts) + 1, last))
+                if pending:
+                    uploads.send(_joined(pending))
+                    pending = []
+                parts = uploads.finish()
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=staging_key,
@@ -160,6 +244,8 @@ class S3BlobStore:
                 # a server-side copy gives the object its metadata as it becomes visible.
                 self._copy(staging_key, object_key, size, stored_metadata)
         except BaseException:
+            if uploads is not None:
+                uploads.cancel()  # before the abort, so no part lands after it
             if upload_id is not None:
                 self._abort(staging_key, upload_id)
             raise
@@ -167,14 +253,6 @@ class S3BlobStore:
             if staged:
                 self._delete_quietly(staging_key)
         return BlobInfo(key, size, digest.hexdigest(), user_metadata, datetime.now(UTC))
-
-    def _upload_part(
-        self, object_key: str, upload_id: str, number: int, data: bytes
-    ) -> dict[str, Any]:
-        response = self.client.upload_part(
-            Bucket=self.bucket, Key=object_key, UploadId=upload_id, PartNumber=number, Body=data
-        )
-        return {"ETag": response["ETag"], "PartNumber": number}
 
     def _copy(self, source: str, target: str, size: int, metadata: dict[str, str]) -> None:
         """Copy `source` to `target` server-side, replacing its metadata with `metadata`."""

@@ -21,7 +21,9 @@ from infra.aws.definitions import (
     task_functions,
 )
 from infra.aws.template import (
+    BACKUPS_PREFIX,
     ENTRY_FUNCTIONS,
+    GUEST_COMMAND_QUEUE_PREFIX,
     GUEST_EVENTS,
     TASK_FUNCTION_ENV,
     TASK_HANDLER,
@@ -153,6 +155,69 @@ def test_only_task_functions_may_touch_servers(template: dict[str, Any]) -> None
         is_task = function["Properties"]["Handler"] == TASK_HANDLER
         assert ("ComputePolicy" in policies) == is_task, logical_id
         assert {"StorePolicy", "QueuesPolicy", "WorkflowsPolicy"} <= policies
+
+
+def _statements(template: dict[str, Any], policy: str) -> dict[str, dict[str, Any]]:
+    document = template["Resources"][policy]["Properties"]["PolicyDocument"]
+    return {statement["Sid"]: statement for statement in document["Statement"]}
+
+
+def test_guests_get_an_instance_profile_of_least_privilege(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    role = resources["GuestRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"}
+    assert trust["Action"] == ["sts:AssumeRole"]
+    assert role["ManagedPolicyArns"] == [{"Ref": "GuestPolicy"}]
+    assert "Policies" not in role
+    profile = resources["GuestInstanceProfile"]
+    assert profile["Type"] == "AWS::IAM::InstanceProfile"
+    assert profile["Properties"]["Roles"] == [{"Ref": "GuestRole"}]
+    environment = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert environment["TROVELESS_AWS_GUEST_INSTANCE_PROFILE"] == {
+        "Fn::GetAtt": ["GuestInstanceProfile", "Arn"]
+    }
+
+    statements = _statements(template, "GuestPolicy")
+    # Queues: receive from the command queues, send to the events queue, nothing else.
+    commands = statements["OwnCommands"]
+    assert commands["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:"
+        "${QueuePrefix}" + GUEST_COMMAND_QUEUE_PREFIX + "*"
+    }
+    assert "sqs:SendMessage" not in commands["Action"]
+    assert statements["SendEvents"]["Resource"] == {"Fn::GetAtt": ["GuestEventsQueue", "Arn"]}
+    assert statements["SendEvents"]["Action"] == ["sqs:GetQueueUrl", "sqs:SendMessage"]
+    # The bucket: only under the backups prefix; deletes only of staged uploads.
+    assert statements["ListBackups"]["Condition"] == {
+        "StringLike": {"s3:prefix": [BACKUPS_PREFIX + "*"]}
+    }
+    backups = "${StateBucket.Arn}/" + BACKUPS_PREFIX
+    assert statements["ReadWriteBackups"]["Resource"] == {"Fn::Sub": backups + "*"}
+    assert "s3:DeleteObject" not in statements["ReadWriteBackups"]["Action"]
+    assert statements["CleanStagedUploads"]["Resource"] == {"Fn::Sub": backups + "staging/*"}
+    services = {a.split(":")[0] for st in statements.values() for a in st["Action"]}
+    assert services == {"sqs", "s3"}  # no EC2, Step Functions, Secrets Manager or IAM
+    # The guest role is attached to no function.
+    for function in resources_of(template, "AWS::Serverless::Function").values():
+        assert {"Ref": "GuestPolicy"} not in function["Properties"]["Policies"]
+
+
+def test_task_functions_may_pass_only_the_guest_role_to_ec2(template: dict[str, Any]) -> None:
+    passing = [
+        st
+        for st in _statements(template, "ComputePolicy").values()
+        if "iam:PassRole" in st["Action"]
+    ]
+    assert passing == [
+        {
+            "Sid": "PassGuestRole",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": {"Fn::GetAtt": ["GuestRole", "Arn"]},
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        }
+    ]
 
 
 def test_build_writes_definitions_and_code(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from infra.aws.definitions import load_definitions, rewrite_for_step_functions, 
 from infra.aws.template import STATE_MACHINES_DIR, build_template
 from infra.aws.wiring import build_aws
 from infra.wiring import WiringError, build_runtime
+from shared.adapters.aws.ec2_compute import Ec2Compute
 from shared.adapters.aws.s3_blob_store import S3BlobStore
 from shared.adapters.aws.s3_state_store import S3StateStore
 from shared.adapters.aws.sqs_queue import SqsQueue
@@ -53,6 +54,7 @@ class Stack:
     bucket: str
     secret_arn: str
     key: bytes
+    guest_instance_profile_arn: str = f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{STACK}-guest"
 
     def template_environment(self) -> dict[str, str]:
         """The template's function environment, with the values CloudFormation would fill."""
@@ -67,6 +69,7 @@ class Stack:
             "TROVELESS_AWS_LAMBDA_PREFIX": f"{STACK}-",
             "TROVELESS_AWS_MASTER_KEY_SECRET_ARN": self.secret_arn,
             "TROVELESS_AVAILABILITY_ZONES": json.dumps(ZONES),
+            "TROVELESS_AWS_GUEST_INSTANCE_PROFILE": self.guest_instance_profile_arn,
         }
 
     def client(self, service: str) -> Any:
@@ -96,7 +99,15 @@ def stack() -> Iterator[Stack]:
         probe.client("stepfunctions").create_state_machine(
             name=f"{STACK}-{MACHINE}", definition=json.dumps(definition), roleArn=ROLE_ARN
         )
-        yield Stack(server.endpoint, probe.bucket, secret["ARN"], key)
+        iam = probe.client("iam")
+        iam.create_role(RoleName=f"{STACK}-guest", AssumeRolePolicyDocument="{}")
+        profile = iam.create_instance_profile(InstanceProfileName=f"{STACK}-guest")
+        iam.add_role_to_instance_profile(
+            InstanceProfileName=f"{STACK}-guest", RoleName=f"{STACK}-guest"
+        )
+        yield Stack(
+            server.endpoint, probe.bucket, secret["ARN"], key, profile["InstanceProfile"]["Arn"]
+        )
 
 
 @pytest.fixture
@@ -156,6 +167,9 @@ def test_the_template_environment_builds_a_working_runtime(
     assert isinstance(runtime.workflows, StepFunctionsWorkflows)
     assert runtime.master_key == stack.key
     assert runtime.compute.zones() == ZONES
+    # Guests are launched with the stack's instance profile (their only AWS credentials).
+    assert isinstance(runtime.compute, Ec2Compute)
+    assert runtime.compute.instance_profile == stack.guest_instance_profile_arn
 
     # Records and blobs land in the stack's bucket, under their prefixes.
     record = runtime.store.put("instances/i-1", {"name": "db1"}, 0)
