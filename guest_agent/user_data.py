@@ -4,7 +4,7 @@ Two documents:
 
 - **user-data** (`UserData`), written by the control plane and readable only by the guest: which
   instance and datastore this is, the queues to use, the per-instance secret, where the queue and
-  blob backends are, and agent tuning;
+  blob backends are (one section per profile: `local`, `openstack`, `aws`), and agent tuning;
 - **meta-data** (`MetaData`), written by the compute driver: facts only the server knows once it
   exists (its address, flavor, where its volume is mounted and whether its size is a soft quota).
   The agent finds it through `--meta-data`, `$TROVELESS_META_DATA` or `meta-data.json` beside the
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
+from shared.aws_settings import QUEUE_PREFIX_PATTERN, EndpointUrl
 from shared.crypto import decode_secret
 from shared.errors import TrovelessError
 from shared.models.base import DomainModel, IpAddress, Name, Port, Uuid
@@ -35,6 +37,8 @@ META_DATA_FILE = "meta-data.json"
 GIB = 1 << 30
 
 QueueName = Annotated[str, Field(pattern=QUEUE_NAME_PATTERN)]
+AWS_REGION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+BUCKET_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]"
 
 
 class UserDataError(TrovelessError):
@@ -94,6 +98,46 @@ class OpenStackBackends(DomainModel):
         return self
 
 
+class AwsBackends(DomainModel):
+    """How a guest of the aws profile reaches SQS (its queues) and S3 (backups).
+
+    The same bucket, prefixes and region as the control plane's (infra/aws/wiring.py), so
+    queue names resolve to the same SQS queues and backup objects to the same S3 keys. No
+    credentials of any kind: boto3's default chain finds them (the instance profile on EC2,
+    through the metadata service); unknown keys, `aws_secret_access_key` included, are refused.
+    """
+
+    region: str
+    # SQS queue `name` is `<queue_prefix><name>`, as the control plane's SqsQueue names it.
+    queue_prefix: Annotated[str, Field(pattern=QUEUE_PREFIX_PATTERN)]
+    bucket: str
+    # The control plane's `blob_prefix`: backups are `<blob_prefix>blobs/<key>` in the bucket.
+    blob_prefix: Annotated[str, Field(max_length=256)] = "backups/"
+    # moto or an S3-compatible store (tests, private clouds); None is AWS's own endpoints.
+    endpoint_url: EndpointUrl | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_a_name(cls, v: str) -> str:
+        if re.fullmatch(AWS_REGION_PATTERN, v) is None:
+            raise ValueError(f"{v!r} is not a region name (such as us-east-1)")
+        return v
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_is_a_name(cls, v: str) -> str:
+        if re.fullmatch(BUCKET_PATTERN, v) is None:
+            raise ValueError(f"{v!r} is not a bucket name (3-63 letters, digits, '.', '_' or '-')")
+        return v
+
+    @field_validator("blob_prefix")
+    @classmethod
+    def _prefix_is_a_key_prefix(cls, v: str) -> str:
+        if v.startswith("/") or re.search(r"[\x00-\x1f\\]", v):
+            raise ValueError("a key prefix: no leading '/', control characters or backslashes")
+        return v
+
+
 class UserData(DomainModel):
     """The control plane's instructions to one guest agent."""
 
@@ -106,6 +150,7 @@ class UserData(DomainModel):
     profile: Profile = Profile.LOCAL
     local: LocalBackends | None = None
     openstack: OpenStackBackends | None = None
+    aws: AwsBackends | None = None
     heartbeat_interval: Annotated[float, Field(gt=0, le=300)] = 1.0
     # A command older than this (by its timestamp) is refused as stale; its deadline still
     # applies when it is earlier.
@@ -132,6 +177,8 @@ class UserData(DomainModel):
             raise ValueError("local: the local profile needs queue_path and blob_dir")
         if self.profile is Profile.OPENSTACK and self.openstack is None:
             raise ValueError("openstack: the openstack profile needs its Zaqar and Swift section")
+        if self.profile is Profile.AWS and self.aws is None:
+            raise ValueError("aws: the aws profile needs its SQS and S3 section")
         return self
 
     def secret_bytes(self) -> bytes:

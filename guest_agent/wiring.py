@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from guest_agent.datastores import DatastoreManager, manager_for
-from guest_agent.user_data import AgentConfig, GuestKeystone, OpenStackBackends, UserDataError
+from guest_agent.user_data import (
+    AgentConfig,
+    AwsBackends,
+    GuestKeystone,
+    OpenStackBackends,
+    UserDataError,
+)
 from shared.ports import BlobStore, Clock, Queue
 from shared.settings import Profile
 
@@ -41,6 +47,11 @@ def build_backends(config: AgentConfig, clock: Clock) -> Backends:
                 "openstack: the openstack profile needs its Zaqar and Swift section"
             )
         return _openstack_backends(openstack)
+    if user_data.profile is Profile.AWS:
+        aws = user_data.aws
+        if aws is None:  # refused by the model already, as for local
+            raise UserDataError("aws: the aws profile needs its SQS and S3 section")
+        return _aws_backends(aws)
     raise UserDataError(f"profile: the guest agent has no {user_data.profile.value} backends")
 
 
@@ -88,6 +99,31 @@ def _openstack_backends(openstack: OpenStackBackends) -> Backends:
         queue=ZaqarQueue(zaqar, poll_interval=openstack.queue_poll_interval),
         # The control plane made the container; the guest may only write objects into it.
         blobs=SwiftBlobStore(object_store, openstack.backups_container, create_container=False),
+    )
+
+
+def _aws_backends(aws: AwsBackends) -> Backends:
+    """SQS and S3 as the control plane's wiring (infra/aws/wiring.py) makes them, so queue
+    names and object keys are the same. Credentials: boto3's default chain (the instance
+    profile on EC2); they are looked up on first use, and a guest whose profile is not ready
+    yet logs failed heartbeats and keeps trying rather than exiting."""
+    import boto3
+    from botocore.config import Config
+
+    from shared.adapters.aws.s3_blob_store import S3BlobStore
+    from shared.adapters.aws.s3_client import make_s3_client
+    from shared.adapters.aws.sqs_queue import SqsQueue
+
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=aws.endpoint_url,
+        config=Config(region_name=aws.region, retries={"mode": "standard", "max_attempts": 5}),
+    )
+    s3 = make_s3_client(aws.endpoint_url, region=aws.region)
+    return Backends(
+        queue=SqsQueue(sqs, aws.queue_prefix),
+        # The stack made the bucket; the guest's role may only use objects under the prefix.
+        blobs=S3BlobStore(s3, aws.bucket, aws.blob_prefix, create_bucket=False),
     )
 
 

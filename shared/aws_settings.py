@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "TROVELESS_AWS_"
@@ -24,6 +25,29 @@ ENV_PREFIX = "TROVELESS_AWS_"
 QUEUE_PREFIX_PATTERN = r"^[A-Za-z0-9_-]{0,16}$"
 STATE_MACHINE_ARN_PREFIX_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]*:[0-9]*:stateMachine:"
 SECRET_ARN_PATTERN = r"^arn:aws[a-z-]*:secretsmanager:.+$"
+
+
+def check_endpoint_url(value: str) -> str:
+    """An AWS-compatible endpoint: http(s) to a host, nothing that could carry credentials
+    (user:password@) or be ignored (query, fragment). ValueError says what is wrong."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (user:password@)")
+    if parts.query or parts.fragment:
+        raise ValueError("must have no query or fragment")
+    return value
+
+
+EndpointUrl = Annotated[str, AfterValidator(check_endpoint_url)]
+"""An http(s) endpoint URL for boto3's `endpoint_url` (moto, S3-compatible stores)."""
 
 
 class AwsSettings(BaseSettings):
@@ -41,7 +65,7 @@ class AwsSettings(BaseSettings):
     # Task function `fn:module.func` is the Lambda function `<lambda_prefix>module-func`.
     lambda_prefix: str = ""
     region: str | None = Field(default=None, description="Else AWS_REGION (set by Lambda)")
-    endpoint_url: str | None = Field(
+    endpoint_url: EndpointUrl | None = Field(
         default=None, description="One endpoint for every service (moto, S3-compatible stores)"
     )
     # The Secrets Manager secret holding the base64 master key; else TROVELESS_MASTER_KEY.

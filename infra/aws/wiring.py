@@ -9,6 +9,9 @@
 - workflows: Step Functions state machines `<state_machine_arn_prefix><definition>`;
 - compute: EC2 + EBS, AMIs from `images`, instance types per flavor name from `instance_types`,
   the zones of `Settings.availability_zones`, guests launched with `guest_instance_profile`;
+  each guest's user-data gets an `aws` section (`guest_backends`: region, queue prefix,
+  bucket, blob prefix, endpoint) so its agent reaches the same SQS queues and S3 keys. No
+  keys: the guest's credentials come from its instance profile;
 - the master key: the Secrets Manager secret `master_key_secret_arn` when set (the template
   sets it), else TROVELESS_MASTER_KEY.
 
@@ -30,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.runtime import Runtime
 from infra.wiring import WiringError, master_key
+from shared.adapters.aws.ec2_compute import Ec2Compute
 from shared.adapters.aws.s3_blob_store import S3BlobStore
 from shared.adapters.aws.s3_client import make_s3_client
 from shared.adapters.aws.s3_state_store import S3StateStore
@@ -38,7 +42,7 @@ from shared.adapters.aws.step_functions_workflows import StepFunctionsWorkflows
 from shared.aws_settings import AwsSettings
 from shared.clock import SystemClock
 from shared.observability import get_logger
-from shared.ports import Compute, FlavorSpec
+from shared.ports import JSON, Compute, FlavorLike, FlavorSpec, ServerInfo
 from shared.settings import Settings
 
 log = get_logger("aws-wiring")
@@ -113,15 +117,51 @@ def instance_types_by_flavor(settings: Settings, aws: AwsSettings) -> dict[Flavo
     return types
 
 
-def ec2_compute(settings: Settings, aws: AwsSettings, client: Any) -> Compute:
-    try:
-        from shared.adapters.aws.ec2_compute import Ec2Compute
-    except ImportError as exc:
-        raise WiringError(f"EC2 compute is not available: {exc}") from None
+def guest_backends(aws: AwsSettings, region: str) -> JSON:
+    """The user-data section (guest_agent/user_data.py `AwsBackends`) that lets a guest reach
+    the control plane's SQS queues and backups in S3: names only, never a credential (the
+    guest's come from its instance profile)."""
+    section: JSON = {
+        "region": region,
+        "queue_prefix": aws.queue_prefix,
+        "bucket": aws.bucket,
+        "blob_prefix": aws.blob_prefix,
+    }
+    if aws.endpoint_url is not None:
+        section["endpoint_url"] = aws.endpoint_url
+    return section
+
+
+class Ec2GuestsCompute(Ec2Compute):
+    """Ec2Compute whose guests are told (user-data `aws`) where their queues and backups are."""
+
+    def __init__(self, client: Any, *, guest_backends: JSON, **options: Any) -> None:
+        super().__init__(client, **options)
+        self.guest_backends = guest_backends
+
+    def create_server(
+        self,
+        instance_id: str,
+        flavor: FlavorLike,
+        volume_gb: int,
+        zone: str | None,
+        user_data: JSON,
+        *,
+        volume_from: str | None = None,
+    ) -> ServerInfo:
+        if isinstance(user_data, dict):  # not JSON: the adapter refuses it and says why
+            user_data = {**user_data, "aws": self.guest_backends}
+        return super().create_server(
+            instance_id, flavor, volume_gb, zone, user_data, volume_from=volume_from
+        )
+
+
+def ec2_compute(settings: Settings, aws: AwsSettings, client: Any, region: str) -> Compute:
     images: Mapping[str, str] = aws.images
     try:
-        return Ec2Compute(
+        return Ec2GuestsCompute(
             client,
+            guest_backends=guest_backends(aws, region),
             images=images,
             instance_types=instance_types_by_flavor(settings, aws),
             zones=settings.availability_zones,
@@ -155,7 +195,7 @@ def build_aws(settings: Settings) -> Runtime:
     workflows = StepFunctionsWorkflows(
         _client("stepfunctions", aws, region), aws.state_machine_arn_prefix
     )
-    compute = ec2_compute(settings, aws, _client("ec2", aws, region))
+    compute = ec2_compute(settings, aws, _client("ec2", aws, region), region)
     if aws.master_key_secret_arn is not None:
         key = secret_master_key(_client("secretsmanager", aws, region), aws.master_key_secret_arn)
     else:

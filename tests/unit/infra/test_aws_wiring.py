@@ -19,16 +19,19 @@ import boto3
 import pytest
 
 from functions.runtime import Runtime
+from guest_agent.user_data import parse_user_data
 from infra.aws.definitions import load_definitions, rewrite_for_step_functions, task_functions
 from infra.aws.template import STATE_MACHINES_DIR, build_template
-from infra.aws.wiring import build_aws
+from infra.aws.wiring import Ec2GuestsCompute, build_aws, guest_backends
 from infra.wiring import WiringError, build_runtime
 from shared.adapters.aws.ec2_compute import Ec2Compute
 from shared.adapters.aws.s3_blob_store import S3BlobStore
+from shared.adapters.aws.s3_client import normalized_prefix
 from shared.adapters.aws.s3_state_store import S3StateStore
 from shared.adapters.aws.sqs_queue import SqsQueue
 from shared.adapters.aws.step_functions_workflows import StepFunctionsWorkflows
 from shared.aws_settings import ENV_PREFIX, AwsSettings, variable_for
+from shared.ports import FlavorSpec
 from shared.settings import Settings, SettingsError, load_settings
 from tests.integration.moto_sfn import (
     ACCOUNT_ID,
@@ -349,3 +352,109 @@ def test_instance_types_name_known_flavors(
     else:
         with pytest.raises(WiringError, match=problem):
             build_aws(settings)
+
+
+# --------------------------------------------------------------------------- guests' user-data
+GUEST_KEY_ID = "AKIATROVELESSWIRE001"
+GUEST_SECRET = "control-plane-secret-not-for-guests"
+
+
+def _offline_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The template's settings on an endpoint that answers nothing (building calls no AWS)."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("TROVELESS_") or name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    probe = Stack("http://127.0.0.1:9", "tlwire-state", "", b"")
+    for name, good in probe.template_environment().items():
+        if name != "TROVELESS_AWS_MASTER_KEY_SECRET_ARN":
+            monkeypatch.setenv(name, good)
+    monkeypatch.setenv("TROVELESS_MASTER_KEY", base64.b64encode(bytes(32)).decode())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", GUEST_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", GUEST_SECRET)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("TROVELESS_AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    return load_settings()
+
+
+def _guest_user_data(section: Any) -> dict[str, Any]:
+    return {
+        "instance_id": str(uuid.uuid4()),
+        "datastore_type": "redis",
+        "datastore_version": "7.0",
+        "command_queue": "guest-cmd-x",
+        "events_queue": "guest-events",
+        "secret": base64.b64encode(bytes(32)).decode(),
+        "profile": "aws",
+        "aws": section,
+    }
+
+
+def test_guests_are_told_the_runtimes_queues_and_bucket_and_no_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runtime = build_aws(_offline_settings(monkeypatch, tmp_path))
+    assert isinstance(runtime.compute, Ec2GuestsCompute)
+    section = runtime.compute.guest_backends
+    assert section == {
+        "region": "eu-west-1",  # AWS_REGION, as Lambda sets it
+        "queue_prefix": QUEUE_PREFIX,
+        "bucket": "tlwire-state",
+        "blob_prefix": "backups/",
+        "endpoint_url": "http://127.0.0.1:9",
+    }
+    # What the guest agent reads back, and the runtime's own adapters agree on names.
+    parsed = parse_user_data(_guest_user_data(section)).aws
+    assert parsed is not None
+    assert isinstance(runtime.blobs, S3BlobStore)
+    assert (parsed.bucket, normalized_prefix(parsed.blob_prefix)) == (
+        runtime.blobs.bucket,
+        runtime.blobs.prefix,
+    )
+    text = json.dumps(section)
+    assert GUEST_KEY_ID not in text and GUEST_SECRET not in text
+
+
+def test_without_an_endpoint_guests_get_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _offline_settings(monkeypatch, tmp_path)
+    assert settings.aws is not None
+    aws = settings.aws.model_copy(update={"endpoint_url": None})
+    assert "endpoint_url" not in guest_backends(aws, "eu-west-1")
+
+
+def test_each_created_server_gets_the_section(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runtime = build_aws(_offline_settings(monkeypatch, tmp_path))
+    compute = runtime.compute
+    assert isinstance(compute, Ec2GuestsCompute)
+    asked: list[Any] = []
+    made = object()
+
+    def launch(self: Ec2Compute, *args: Any, **kwargs: Any) -> Any:
+        asked.append((args, kwargs))
+        return made
+
+    # Ec2Compute's own create_server (covered against moto in tests/contract) is replaced, so
+    # only what the wrapper hands it is seen.
+    monkeypatch.setattr(Ec2Compute, "create_server", launch)
+    given = _guest_user_data(None)
+    del given["aws"]
+    flavor = FlavorSpec(ram_mb=512, vcpus=1)
+    assert compute.create_server("inst-a", flavor, 2, "us-east-1a", given) is made
+    [(args, kwargs)] = asked
+    assert args == ("inst-a", flavor, 2, "us-east-1a", {**given, "aws": compute.guest_backends})
+    assert kwargs == {"volume_from": None}
+    assert "aws" not in given  # the caller's user-data is left as it was
+    parse_user_data(args[4])
+
+
+def test_a_non_http_endpoint_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _offline_settings(monkeypatch, tmp_path)
+    monkeypatch.setenv("TROVELESS_AWS_ENDPOINT_URL", "file:///var/lib/moto")
+    with pytest.raises(SettingsError, match=r"TROVELESS_AWS_ENDPOINT_URL.*http"):
+        load_settings()
