@@ -13,14 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.e2e.test_up_and_clients import (
-    REPO,
-    Up,
-    free_port,
-    fresh_data_dir,
-    start_up,
-    stop_process,
-)
+from tests.e2e.up_process import REPO, Up, running_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -31,12 +24,8 @@ LRU = '{"maxmemory-policy": "allkeys-lru"}'
 
 @pytest.fixture(scope="module")
 def cli_up() -> Iterator[Up]:
-    with fresh_data_dir(POOL) as data_dir:
-        running = start_up(data_dir, free_port(), POOL, "--stop-servers")
-        try:
-            yield running
-        finally:
-            stop_process(running.process)
+    with running_up(None, POOL, "--stop-servers") as running:
+        yield running
 
 
 def troveless(up: Up, *args: str) -> subprocess.CompletedProcess[str]:

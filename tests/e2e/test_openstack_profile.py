@@ -1,12 +1,11 @@
-"""`troveless up --profile openstack`: the embedded cloud on a real Swift and a real Zaqar.
+"""`troveless up --profile openstack`: what only the openstack profile has to show.
 
-The session's Swift all-in-one (tempauth) and Zaqar (noauth, Redis) hold every record, backup
-and queue message; local compute still makes the servers, whose guest agents reach Zaqar and
-Swift themselves from their user-data. Through python-troveclient: a MariaDB instance goes
-ACTIVE, gets a database and a user, takes a row over PyMySQL, is backed up (the object is then
-read back from Swift directly), and is deleted with nothing left running. Containers and the
-Zaqar project are this test's own; the process, the servers and the data directory are
-removed whatever happens.
+The lifecycle and error paths through troveclient and openstacksdk run on both profiles in
+test_up_and_clients.py; here, on the same kind of process (tests/e2e/up_process.py), what is
+particular to Swift and Zaqar: the Swift key is never printed; a MariaDB instance gets a
+database and a user, takes a row over PyMySQL and is backed up, and the backup object is then
+read back from Swift by a client of our own; the instance's records are objects in the state
+container; after the delete nothing of the instance runs.
 """
 
 from __future__ import annotations
@@ -14,94 +13,30 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-import yaml
-from keystoneauth1 import loading, session
 from troveclient.v1 import client as trove_client
 
 from shared.adapters.local.compute import LocalCompute
 from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
-from shared.adapters.openstack.swift_client import tempauth_connection
-from tests.servers.swift import SwiftEndpoint
+from tests.e2e.up_process import Up, running_up, wait_until
+from tests.integration.embedded_cloud import servers_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
-if shutil.which("mariadbd") is None:
+if shutil.which("mariadbd", path="/usr/sbin:/usr/bin") is None:
     pytest.skip("mariadb-server is not installed", allow_module_level=True)
 if os.geteuid() != 0:
     pytest.skip("loop mounts and cgroups need root", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT = 60.0
 STEP_TIMEOUT = 90.0
-POOL = "127.10.57.0/24"
+POOL = "127.10.59.0/24"
 PASSWORD = "Maria-pass-123"
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class OpenStackUp:
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    log: Path
-    env: dict[str, str]
-    state_container: str
-    backups_container: str
-
-    def session(self) -> session.Session:
-        clouds = yaml.safe_load((self.data_dir / "clouds.yaml").read_text())
-        auth = clouds["clouds"]["troveless"]["auth"]
-        plugin: Any = loading.get_plugin_loader("password").load_from_options(
-            auth_url=auth["auth_url"],
-            username=auth["username"],
-            password=auth["password"],
-            project_name=auth["project_name"],
-            user_domain_name="Default",
-            project_domain_name="Default",
-        )
-        return session.Session(auth=plugin)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def processes_naming(text: str, *, besides: int) -> list[str]:
@@ -117,66 +52,18 @@ def processes_naming(text: str, *, besides: int) -> list[str]:
     return found
 
 
-@pytest.fixture
-def openstack_up(swift_endpoint: SwiftEndpoint, zaqar_endpoint: str) -> Iterator[OpenStackUp]:
+@pytest.fixture(scope="module")
+def openstack_up(request: pytest.FixtureRequest) -> Iterator[Up]:
     """`troveless up --profile openstack` on containers and a Zaqar project of its own."""
-    data_dir = Path(tempfile.mkdtemp(prefix="tl-e2e-os-", dir="/tmp"))
-    log = data_dir.parent / f"{data_dir.name}.log"
-    tag = uuid.uuid4().hex[:10]
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TROVELESS_")}
-    env = {
-        **inherited,
-        "TROVELESS_HEARTBEAT_INTERVAL": "0.5",
-        "TROVELESS_ADDRESS_POOL": POOL,
-        "TROVELESS_OPENSTACK_SWIFT_AUTH_URL": swift_endpoint.auth_url,
-        "TROVELESS_OPENSTACK_SWIFT_USER": swift_endpoint.user,
-        "TROVELESS_OPENSTACK_SWIFT_KEY": swift_endpoint.key,
-        "TROVELESS_OPENSTACK_ZAQAR_URL": zaqar_endpoint,
-        "TROVELESS_OPENSTACK_ZAQAR_PROJECT_ID": f"tl-e2e-{tag}",
-        "TROVELESS_OPENSTACK_STATE_CONTAINER": f"tl-e2e-state-{tag}",
-        "TROVELESS_OPENSTACK_BACKUPS_CONTAINER": f"tl-e2e-backups-{tag}",
-    }
-    port = free_port()
-    command = [sys.executable, "-m", "infra.cli.main", "up", "--profile", "openstack"]
-    command += ["--data-dir", str(data_dir), "--port", str(port), "--stop-servers"]
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        running = OpenStackUp(
-            process,
-            data_dir,
-            log,
-            env,
-            env["TROVELESS_OPENSTACK_STATE_CONTAINER"],
-            env["TROVELESS_OPENSTACK_BACKUPS_CONTAINER"],
-        )
-        wait_until(
-            lambda: process.poll() is not None or "OS_CLIENT_CONFIG_FILE=" in running.output(),
-            "troveless up --profile openstack to start",
-            STARTUP_TIMEOUT,
-        )
-        assert process.poll() is None, running.output()
+    with running_up(servers_for(request, "openstack"), POOL, "--stop-servers") as running:
         yield running
-    finally:
-        if process is not None:
-            stop_process(process)
-        compute = LocalCompute(data_dir / "compute", address_pool=POOL)
-        for server in compute.list_servers():
-            with contextlib.suppress(Exception):
-                compute.delete_server(server.instance_id)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        log.unlink(missing_ok=True)
 
 
-def test_instance_lifecycle_and_backup_on_swift_and_zaqar(
-    openstack_up: OpenStackUp, swift_endpoint: SwiftEndpoint
-) -> None:
+def test_instance_lifecycle_and_backup_on_swift_and_zaqar(openstack_up: Up) -> None:
     up = openstack_up
+    assert up.place is not None
     assert "profile: openstack" in up.output()
-    assert swift_endpoint.key not in up.output()  # the Swift key is never printed
+    assert up.place.servers.swift.key not in up.output()  # the Swift key is never printed
     trove = trove_client.Client(session=up.session(), region_name="RegionOne")
     timings: dict[str, float] = {}
 
@@ -231,16 +118,14 @@ def test_instance_lifecycle_and_backup_on_swift_and_zaqar(
         )
         timings["backup -> COMPLETED"] = time.monotonic() - mark
         assert done.status == "COMPLETED", up.output()
-        # The guest wrote the backup into Swift: read it back there, by its own client.
-        swift = tempauth_connection(
-            swift_endpoint.auth_url, swift_endpoint.user, swift_endpoint.key
-        )
-        blobs = SwiftBlobStore(swift.object_store, up.backups_container, create_container=False)
+        # The guest wrote the backup into Swift: read it back there, by a client of our own.
+        object_store = up.place.swift_object_store()
+        blobs = SwiftBlobStore(object_store, up.place.backups_container, create_container=False)
         info = blobs.head(done.locationRef)
         assert info.size > 0
         assert info.size == sum(len(chunk) for chunk in blobs.get(done.locationRef))
-        state_objects = swift.object_store.request(
-            up.state_container, "GET", params={"format": "json"}
+        state_objects = object_store.request(
+            up.place.state_container, "GET", params={"format": "json"}
         ).json()
         assert any(created.id in entry["name"] for entry in state_objects)
     finally:

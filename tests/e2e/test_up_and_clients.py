@@ -1,38 +1,42 @@
-"""`troveless up` as a real process, used through unchanged OpenStack clients.
+"""`troveless up` as a real process, used through unchanged OpenStack clients, on the local
+profile and on the openstack one (records and backups in a real Swift, queues in a real Zaqar).
 
 python-troveclient and openstacksdk authenticate against the embedded Keystone with the
 credentials `up` wrote to clouds.yaml, then drive a real Redis instance through its lifecycle
 and every 4xx path. Whatever happens, the process is stopped, every server it made is
-deleted and the data directory removed.
+deleted, the data directory removed and the openstack profile's containers and Zaqar
+project emptied (tests/e2e/up_process.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openstack
 import pytest
 import redis
-import yaml
-from keystoneauth1 import loading, session
+from keystoneauth1 import session
 from troveclient import utils as trove_utils
 from troveclient.apiclient import exceptions as trove_exc
 from troveclient.v1 import client as trove_client
 
-from infra.local.cloud import LocalCloud
-from shared.settings import load_settings
+from tests.e2e.up_process import (
+    Up,
+    free_port,
+    fresh_data_dir,
+    running_up,
+    start_up,
+    stop_process,
+    wait_until,
+)
+from tests.integration.embedded_cloud import PROFILES, servers_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -41,137 +45,20 @@ if shutil.which("redis-server") is None:
 if os.geteuid() != 0:
     pytest.skip("loop mounts and cgroups need root", allow_module_level=True)
 
-STARTUP_TIMEOUT = 30.0
 ACTIVE_TIMEOUT = 90.0
 PASSWORD = "Redis-pass-123"
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE_POOL = "127.10.55.0/24"
+# An address pool per process, so that no two hand out the same address.
+FIXTURE_POOLS = {"local": "127.10.55.0/24", "openstack": "127.10.58.0/24"}
 ADOPT_POOL = "127.10.56.0/24"
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Up:
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    url: str
-    clouds: Path
-    log: Path
-
-    def auth(self) -> dict[str, str]:
-        return dict(yaml.safe_load(self.clouds.read_text())["clouds"]["troveless"]["auth"])
-
-    def session(self) -> session.Session:
-        auth = self.auth()
-        plugin = loading.get_plugin_loader("password").load_from_options(
-            auth_url=auth["auth_url"],
-            username=auth["username"],
-            password=auth["password"],
-            project_name=auth["project_name"],
-            user_domain_name="Default",
-            project_domain_name="Default",
-        )
-        return session.Session(auth=plugin)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def delete_leftover_servers(data_dir: Path, pool: str) -> None:
-    cloud = LocalCloud.from_settings(load_settings(data_dir=data_dir, address_pool=pool))
-    try:
-        for server in cloud.compute.list_servers():
-            cloud.compute.delete_server(server.instance_id)
-    finally:
-        cloud.close()
-
-
-def start_up(data_dir: Path, port: int, pool: str, *extra: str) -> Up:
-    """Start `troveless up` and wait until it says it is up (its output goes to a log file).
-    `pool`: an address pool of its own, so parallel tests never hand out the same address."""
-    log = data_dir.parent / f"{data_dir.name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TROVELESS_")}
-    with log.open("ab") as out:
-        start = out.tell()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "infra.cli.main",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(port),
-                *extra,
-            ],
-            cwd=REPO,
-            env={**env, "TROVELESS_HEARTBEAT_INTERVAL": "0.5", "TROVELESS_ADDRESS_POOL": pool},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def started() -> bool:
-        with log.open("rb") as f:
-            f.seek(start)
-            return b"OS_CLIENT_CONFIG_FILE=" in f.read()
-
-    try:
-        wait_until(
-            lambda: process.poll() is not None or started(),
-            "troveless up to start",
-            STARTUP_TIMEOUT,
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
-    except BaseException:
-        stop_process(process)
-        raise
-    return Up(process, data_dir, f"http://127.0.0.1:{port}", data_dir / "clouds.yaml", log)
-
-
-@contextlib.contextmanager
-def fresh_data_dir(pool: str) -> Iterator[Path]:
-    """A data directory under /tmp (guests must traverse it); emptied of servers at the end."""
-    data_dir = Path(tempfile.mkdtemp(prefix="tl-e2e-up-", dir="/tmp"))
-    try:
-        yield data_dir
-    finally:
-        delete_leftover_servers(data_dir, pool)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        (data_dir.parent / f"{data_dir.name}.log").unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def up() -> Iterator[Up]:
-    with fresh_data_dir(FIXTURE_POOL) as data_dir:
-        running = start_up(data_dir, free_port(), FIXTURE_POOL, "--stop-servers")
-        try:
-            yield running
-        finally:
-            stop_process(running.process)
+@pytest.fixture(scope="module", params=PROFILES)
+def up(request: pytest.FixtureRequest) -> Iterator[Up]:
+    """`troveless up --stop-servers` on the local profile, then on the openstack one."""
+    profile = request.param
+    openstack_servers = servers_for(request, profile)
+    with running_up(openstack_servers, FIXTURE_POOLS[profile], "--stop-servers") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +239,10 @@ def test_openstack_cli_with_the_written_clouds_yaml(up: Up) -> None:
 
 
 def test_restarting_up_adopts_running_servers() -> None:
-    """Servers outlive `up` (no --stop-servers) and the next `up` takes charge of them."""
+    """Servers outlive `up` (no --stop-servers) and the next `up` takes charge of them.
+
+    Local profile only: adoption is LocalCompute's, the same on both profiles, and the
+    openstack profile's stores play no part in it."""
     with fresh_data_dir(ADOPT_POOL) as data_dir:
         port = free_port()
         first = start_up(data_dir, port, ADOPT_POOL)

@@ -1,7 +1,7 @@
-"""The instance lifecycle on the real embedded cloud: InstanceService -> the durable engine
-(SQLite queue, directory store) -> task functions -> LocalCompute (loop volume, guest agent as
-the unprivileged guest user) -> a real datastore; guest results and heartbeats come back
-through the real guest-events consumer.
+"""The instance lifecycle on the real embedded cloud, on both profiles: InstanceService -> the
+durable engine (SQLite queue and directory store, or Zaqar and Swift) -> task functions ->
+LocalCompute (loop volume, guest agent as the unprivileged guest user) -> a real datastore;
+guest results and heartbeats come back through the real guest-events consumer.
 
 create (Redis) -> ACTIVE -> connect as the created user -> grow the volume (data kept) ->
 restart -> delete -> nothing left (no server, no loop device, no records). And a provision
@@ -23,13 +23,13 @@ import redis
 from pydantic import SecretStr
 
 from functions.runtime import Runtime
-from infra.local.cloud import LocalCloud
+from infra.local.cloud import EmbeddedCloud
 from shared.models.configuration import Configuration
 from shared.models.database import Database, User
 from shared.models.datastore import DatastoreRef
 from shared.models.instance import Instance, InstanceStatus, ServiceStatus
 from shared.services.instances import CreateInstance, InstanceService
-from tests.integration.embedded_cloud import running_cloud, wait_until
+from tests.integration.embedded_cloud import PROFILES, running_cloud, servers_for, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
@@ -46,7 +46,7 @@ if shutil.which("redis-server") is None:
 class Cloud:
     root: Path
     runtime: Runtime
-    cloud: LocalCloud
+    cloud: EmbeddedCloud
     service: InstanceService
 
 
@@ -55,9 +55,10 @@ def loop_devices_under(root: Path) -> list[str]:
     return [line for line in listing.stdout.splitlines() if str(root) in line]
 
 
-@pytest.fixture
-def local_cloud() -> Iterator[Cloud]:
-    with running_cloud(prefix="tl-if-") as env:
+@pytest.fixture(params=PROFILES)
+def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    """The embedded cloud on the local profile, then on the openstack one (Swift + Zaqar)."""
+    with running_cloud(prefix="tl-if-", openstack=servers_for(request, request.param)) as env:
         yield Cloud(env.root, env.runtime, env.cloud, InstanceService.from_runtime(env.runtime))
 
 
@@ -79,6 +80,21 @@ def wait_status(env: Cloud, instance_id: str, status: InstanceStatus) -> Instanc
     found = instance_now(env, instance_id)
     assert found is not None
     return found
+
+
+def delete_and_wait(env: Cloud, instance_id: str) -> None:
+    """Delete the instance and wait for its whole delete flow: the record goes a step before
+    the guest's records are forgotten, so "record gone" is not yet "all gone"."""
+    env.service.delete(PROJECT, instance_id)
+    deleting = instance_now(env, instance_id)
+    assert deleting is not None and deleting.task_execution_arn, deleting
+    arn = deleting.task_execution_arn
+    wait_until(
+        lambda: env.runtime.workflows.describe(arn)["status"] != "RUNNING", "the delete flow to end"
+    )
+    ended = env.runtime.workflows.describe(arn)
+    assert ended["status"] == "SUCCEEDED", ended
+    assert instance_now(env, instance_id) is None
 
 
 def redis_round_trip(instance: Instance, key: str, value: str | None) -> str | None:
@@ -110,8 +126,8 @@ def redis_maxmemory(env: Cloud, instance_id: str) -> int:
     raise AssertionError(f"no maxmemory in {conf}")
 
 
-def test_redis_instance_lifecycle(local_cloud: Cloud) -> None:
-    env = local_cloud
+def test_redis_instance_lifecycle(cloud: Cloud) -> None:
+    env = cloud
     started = time.monotonic()
     created = env.service.create(
         PROJECT,
@@ -157,16 +173,15 @@ def test_redis_instance_lifecycle(local_cloud: Cloud) -> None:
     restarted = wait_status(env, created.id, InstanceStatus.ACTIVE)
     assert redis_round_trip(restarted, "fruit", None) == "plum"
 
-    env.service.delete(PROJECT, created.id)
-    wait_until(lambda: instance_now(env, created.id) is None, "the instance record to go")
+    delete_and_wait(env, created.id)
     assert env.runtime.compute.list_servers() == []
     assert loop_devices_under(env.root) == []
     assert env.service.quotas.usage(PROJECT) == {"instances": 0, "volumes": 0, "backups": 0}
     assert list(env.runtime.store.list(f"guests/{created.id}")) == []
 
 
-def test_failed_prepare_compensates_into_error(local_cloud: Cloud) -> None:
-    env = local_cloud
+def test_failed_prepare_compensates_into_error(cloud: Cloud) -> None:
+    env = cloud
     # A configuration the guest's datastore refuses (written directly, past the API's rules).
     now = env.runtime.clock.now()
     config = Configuration(
@@ -197,15 +212,15 @@ def test_failed_prepare_compensates_into_error(local_cloud: Cloud) -> None:
     wait_until(lambda: env.runtime.compute.list_servers() == [], "the server to be deleted")
     assert loop_devices_under(env.root) == []
     assert env.service.quotas.usage(PROJECT)["instances"] == 0
-    env.service.delete(PROJECT, created.id)
-    wait_until(lambda: instance_now(env, created.id) is None, "the ERROR instance to go")
+    delete_and_wait(env, created.id)
+    assert list(env.runtime.store.list(f"guests/{created.id}")) == []
 
 
 @pytest.mark.skipif(
     shutil.which("mariadbd", path="/usr/sbin:/usr/bin") is None, reason="no mariadb"
 )
-def test_mariadb_instance_serves_its_user_and_deletes_cleanly(local_cloud: Cloud) -> None:
-    env = local_cloud
+def test_mariadb_instance_serves_its_user_and_deletes_cleanly(cloud: Cloud) -> None:
+    env = cloud
     started = time.monotonic()
     created = env.service.create(
         PROJECT,
@@ -235,14 +250,14 @@ def test_mariadb_instance_serves_its_user_and_deletes_cleanly(local_cloud: Cloud
         conn.commit()
         cur.execute("SELECT name FROM items")
         assert cur.fetchall() == (("apples",),)
-    env.service.delete(PROJECT, created.id)
-    wait_until(lambda: instance_now(env, created.id) is None, "the instance record to go")
+    delete_and_wait(env, created.id)
     assert env.runtime.compute.list_servers() == []
     assert loop_devices_under(env.root) == []
+    assert list(env.runtime.store.list(f"guests/{created.id}")) == []
 
 
-def test_delete_right_after_create_leaves_nothing(local_cloud: Cloud) -> None:
-    env = local_cloud
+def test_delete_right_after_create_leaves_nothing(cloud: Cloud) -> None:
+    env = cloud
     created = env.service.create(
         PROJECT,
         CreateInstance(name="brief", flavor_id="1", volume_size_gb=1, datastore_type="redis"),
