@@ -9,6 +9,12 @@ message). A verified heartbeat updates the instance's `operating_status` only wh
 changed: a steady instance costs no instance write per heartbeat. It also refreshes the
 instance's liveness record (shared/services/guest_liveness.py) at most once per
 `liveness_refresh` seconds, which the heartbeat watchdog reads to find guests gone silent.
+
+An event verified just before its instance's record was deleted writes its seen state, result
+or liveness after the delete flow may have forgotten the guest: so once written, the instance
+is looked up again, and when it is gone what was written is deleted too (`_forget_late`).
+Either the delete flow's forget comes after the write and removes it, or the look-up comes
+after the record's deletion and does.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from shared.ports import JSON, Clock, Message, StateStore, Workflows
 from shared.services.guest_channel import GuestEventVerifier
 from shared.services.guest_liveness import GuestLiveness
 from shared.services.instance_secrets import guest_secret
-from shared.services.instances import InstanceRecords
+from shared.services.instances import InstanceRecords, forget_guest_records
 
 log = get_logger("guest-events")
 
@@ -107,6 +113,9 @@ class GuestEventService:
         # A conflict means it is stored already (a redelivery verified before).
         with contextlib.suppress(ConflictError):
             self._store.put(key, result.model_dump(mode="json", exclude={"task_token"}), 0)
+        if self.records.find(result.instance_id) is None:
+            self._forget_late(result.instance_id)
+            return  # deleted: no flow of the instance waits any more
         if result.task_token is None:
             return
         try:
@@ -142,7 +151,10 @@ class GuestEventService:
             return current.replace(operating_status=status, operating_status_updated=beat.timestamp)
 
         instance = self.records.find(beat.instance_id)
-        if instance is None or instance.operating_status is status:
+        if instance is None:
+            self._forget_late(beat.instance_id)
+            return
+        if instance.operating_status is status:
             return  # the common case: nothing changed, nothing written
         # This also ends the SHUTDOWN the heartbeat watchdog set for a guest gone silent.
         self.records.update(beat.instance_id, change)
@@ -153,6 +165,15 @@ class GuestEventService:
                 "from": instance.operating_status.value,
                 "to": status.value,
             },
+        )
+
+    def _forget_late(self, instance_id: str) -> None:
+        """The instance was deleted while its event was handled: drop what the event wrote."""
+        forget_guest_records(self._store, instance_id)
+        self.liveness.forget(instance_id)
+        log.info(
+            "event of a deleted instance: its guest records removed",
+            extra={"instance_id": instance_id},
         )
 
 

@@ -61,8 +61,8 @@ from shared.services.catalog import CatalogService
 from shared.services.guest_channel import (
     EVENTS_QUEUE,
     GuestClient,
-    GuestEventVerifier,
     command_queue_name,
+    seen_key,
 )
 from shared.services.guest_liveness import liveness_key
 from shared.services.instance_listing import ProjectListing
@@ -105,6 +105,15 @@ def wait_key(instance_id: str) -> str:
 
 def results_prefix(instance_id: str) -> str:
     return f"guests/{instance_id}/results/"
+
+
+def forget_guest_records(store: StateStore, instance_id: str) -> None:
+    """Delete what the control plane keeps about an instance's guest: its replay state, its
+    liveness record and its stored results."""
+    store.delete(seen_key(instance_id))
+    store.delete(liveness_key(instance_id))  # else the watchdog removes it later
+    for key in list(store.list(results_prefix(instance_id))):
+        store.delete(key)
 
 
 def execution_name(action: str, instance_id: str, nonce: str | None = None) -> str:
@@ -886,12 +895,9 @@ class InstanceFlowSteps(_InstancePorts):
         return {"deleted": True}
 
     def forget_guest(self, instance_id: str) -> JSON:
-        GuestEventVerifier(self._store, self._clock, lambda _id: None).forget(instance_id)
-        self._store.delete(liveness_key(instance_id))  # else the watchdog removes it later
         with contextlib.suppress(NotFoundError):  # no queue: the server was never made
             self._queue.purge(command_queue_name(instance_id))
-        for key in list(self._store.list(results_prefix(instance_id))):
-            self._store.delete(key)
+        forget_guest_records(self._store, instance_id)
         return {"forgotten": True}
 
     def release_quota(self, instance_id: str, project_id: str) -> JSON:

@@ -108,3 +108,47 @@ def test_queue_trigger_reports_partial_batch_failures(world: World) -> None:
     }
     response = guest_events_fn.handler(event, None)
     assert response == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+
+
+@pytest.mark.parametrize("kind", ["heartbeat", "result"])
+def test_an_event_overtaken_by_the_delete_leaves_no_guest_records(world: World, kind: str) -> None:
+    """The delete flow removes the record and forgets the guest between the consumer's look-up
+    of the instance's key and its writes: what the event writes is removed again."""
+    from shared.crypto import InstanceKeys
+    from shared.models.guest import GuestCommandName, GuestResult
+    from shared.services.instance_secrets import guest_secret
+    from shared.services.instances import forget_guest_records
+
+    instance_id = provisioned(world)
+    instance = world.service.records.find(instance_id)
+    assert instance is not None
+    secret = guest_secret(instance, world.runtime.master_key)
+    consumer = guest_events_fn.service(world.runtime)
+    verifier = consumer.verifier
+    looked_up = verifier._secret_for
+
+    def key_then_delete(wanted: str) -> bytes | None:
+        found = looked_up(wanted)
+        world.service.records.remove("p1", wanted)
+        forget_guest_records(world.store, wanted)
+        return found
+
+    verifier._secret_for = key_then_delete
+    if kind == "heartbeat":
+        body = _heartbeat(instance_id, 10**6, secret, world)
+    else:
+        body = (
+            GuestResult(
+                instance_id=instance_id,
+                command_id=str(uuid.uuid4()),
+                command=GuestCommandName.LIST_DATABASES,
+                sequence=10**6,
+                timestamp=world.clock.now(),
+                ok=True,
+                result={},
+            )
+            .sign(InstanceKeys.from_secret(secret).signing)
+            .model_dump(mode="json")
+        )
+    assert consumer.process(body) == kind
+    assert [k for k in world.store.records if instance_id in k] == []
