@@ -42,7 +42,7 @@ from shared.adapters.aws.step_functions_workflows import StepFunctionsWorkflows
 from shared.aws_settings import AwsSettings
 from shared.clock import SystemClock
 from shared.observability import get_logger
-from shared.ports import JSON, Compute, FlavorLike, FlavorSpec, ServerInfo
+from shared.ports import JSON, Compute, FlavorSpec
 from shared.settings import Settings
 
 log = get_logger("aws-wiring")
@@ -132,36 +132,12 @@ def guest_backends(aws: AwsSettings, region: str) -> JSON:
     return section
 
 
-class Ec2GuestsCompute(Ec2Compute):
-    """Ec2Compute whose guests are told (user-data `aws`) where their queues and backups are."""
-
-    def __init__(self, client: Any, *, guest_backends: JSON, **options: Any) -> None:
-        super().__init__(client, **options)
-        self.guest_backends = guest_backends
-
-    def create_server(
-        self,
-        instance_id: str,
-        flavor: FlavorLike,
-        volume_gb: int,
-        zone: str | None,
-        user_data: JSON,
-        *,
-        volume_from: str | None = None,
-    ) -> ServerInfo:
-        if isinstance(user_data, dict):  # not JSON: the adapter refuses it and says why
-            user_data = {**user_data, "aws": self.guest_backends}
-        return super().create_server(
-            instance_id, flavor, volume_gb, zone, user_data, volume_from=volume_from
-        )
-
-
 def ec2_compute(settings: Settings, aws: AwsSettings, client: Any, region: str) -> Compute:
     images: Mapping[str, str] = aws.images
     try:
-        return Ec2GuestsCompute(
+        return Ec2Compute(
             client,
-            guest_backends=guest_backends(aws, region),
+            guest_sections={"aws": guest_backends(aws, region)},
             images=images,
             instance_types=instance_types_by_flavor(settings, aws),
             zones=settings.availability_zones,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from zaqarclient.queues.v2 import client as zaqar_client
@@ -57,12 +56,14 @@ from shared.engine.durable import DurableDriver
 from shared.engine.service import ExecutionService
 from shared.observability import get_logger
 from shared.openstack_settings import ApiAuth, ComputeKind, OpenStackSettings
-from shared.ports import JSON, Clock, FlavorLike, FlavorSpec, ServerInfo, TokenValidator
+from shared.ports import JSON, Clock, FlavorSpec, TokenValidator
 from shared.services.guest_channel import EVENTS_QUEUE
 from shared.settings import Settings
 
 log = get_logger("openstack-wiring")
 
+# The user-data section guests of this profile read (guest_agent/user_data.py).
+GUEST_SECTION = "openstack"
 REQUIRED = (
     "TROVELESS_OPENSTACK_CLOUD, or TROVELESS_OPENSTACK_SWIFT_AUTH_URL/_SWIFT_USER/_SWIFT_KEY "
     "and TROVELESS_OPENSTACK_ZAQAR_URL/_ZAQAR_PROJECT_ID"
@@ -153,41 +154,6 @@ def guest_backends(openstack: OpenStackSettings) -> JSON:
     }
 
 
-def with_guest_backends(user_data: JSON, backends: JSON) -> JSON:
-    """The user-data with its `openstack` section. Compute adds it when the server is made,
-    so the guests' credentials never pass through the engine or the state store."""
-    if isinstance(user_data, dict):
-        return {**user_data, "openstack": backends}
-    return user_data  # not JSON: the adapter refuses it and says why
-
-
-class OpenStackGuestsCompute(LocalCompute):
-    """LocalCompute whose guests are told (user-data `openstack`) how to reach Swift and Zaqar."""
-
-    def __init__(self, root: Path, *, guest_backends: JSON, **options: Any) -> None:
-        super().__init__(root, **options)
-        self.guest_backends = guest_backends
-
-    def create_server(
-        self,
-        instance_id: str,
-        flavor: FlavorLike,
-        volume_gb: int,
-        zone: str | None,
-        user_data: JSON,
-        *,
-        volume_from: str | None = None,
-    ) -> ServerInfo:
-        return super().create_server(
-            instance_id,
-            flavor,
-            volume_gb,
-            zone,
-            with_guest_backends(user_data, self.guest_backends),
-            volume_from=volume_from,
-        )
-
-
 def openstack_cloud(settings: Settings, *, guest_user: str = DEFAULT_GUEST_USER) -> EmbeddedCloud:
     """The embedded cloud's adapters on Swift and Zaqar, with local compute."""
     openstack = openstack_settings(settings)
@@ -216,9 +182,9 @@ def openstack_cloud(settings: Settings, *, guest_user: str = DEFAULT_GUEST_USER)
         max_receives=settings.queue_max_receives,
         dead_letter_queue=f"{EVENTS_QUEUE}-dlq",
     )
-    compute = OpenStackGuestsCompute(
+    compute = LocalCompute(
         root / "compute",
-        guest_backends=backends,
+        guest_sections={GUEST_SECTION: backends},
         zones=settings.availability_zones,
         address_pool=settings.address_pool,
         guest_user=guest_user,
@@ -337,34 +303,6 @@ def nova_flavors(settings: Settings, openstack: OpenStackSettings) -> dict[Flavo
     return by_spec
 
 
-class NovaGuestsCompute(NovaCinderCompute):
-    """NovaCinderCompute whose guests are told (user-data `openstack`) how to reach Swift and
-    Zaqar with the guests' own application credential."""
-
-    def __init__(self, connection: Any, *, guest_backends: JSON, **options: Any) -> None:
-        super().__init__(connection, **options)
-        self.guest_backends = guest_backends
-
-    def create_server(
-        self,
-        instance_id: str,
-        flavor: FlavorLike,
-        volume_gb: int,
-        zone: str | None,
-        user_data: JSON,
-        *,
-        volume_from: str | None = None,
-    ) -> ServerInfo:
-        return super().create_server(
-            instance_id,
-            flavor,
-            volume_gb,
-            zone,
-            with_guest_backends(user_data, self.guest_backends),
-            volume_from=volume_from,
-        )
-
-
 def build_openstack(settings: Settings) -> Runtime:
     """The functions' runtime on a real OpenStack cloud (compute nova; module docstring)."""
     openstack = openstack_settings(settings)
@@ -386,9 +324,9 @@ def build_openstack(settings: Settings) -> Runtime:
     blobs = SwiftBlobStore(object_store, openstack.backups_container, create_container=False)
     queue = ZaqarQueue(zaqar(openstack, connection), poll_interval=openstack.queue_poll_interval)
     try:
-        compute = NovaGuestsCompute(
+        compute = NovaCinderCompute(
             connection,
-            guest_backends=backends,
+            guest_sections={GUEST_SECTION: backends},
             images=openstack.images,
             flavors=flavors,
             zones=settings.availability_zones,

@@ -1,13 +1,14 @@
 """A guest of the aws profile reaches SQS and S3: a real guest agent process and a real Redis,
 a real moto server for SQS, S3, EC2 and IAM, and the control plane's real adapters.
 
-The control plane's EC2 compute (infra/aws/wiring.py `Ec2GuestsCompute`) launches the server
-on moto with the stack's instance profile; the user-data the agent boots with is the one EC2
-was given, read back from the instance (moto runs no VM). The agent's AWS credentials are in
-its environment only, where an instance profile would put them (boto3's default chain); its
-region and endpoint come from the user-data. The control plane's SqsQueue receives and
-verifies its heartbeats on the events queue; a signed `prepare` then `backup` go through the
-command queue, and the control plane's S3BlobStore reads back the object the agent wrote.
+The control plane's EC2 compute (`Ec2Compute` with the `aws` guest section, as
+infra/aws/wiring.py makes it) launches the server on moto with the stack's instance profile;
+the user-data the agent boots with is the one EC2 was given, read back from the instance (moto
+runs no VM). The agent's AWS credentials are in its environment only, where an instance profile
+would put them (boto3's default chain); its region and endpoint come from the user-data. The
+control plane's SqsQueue receives and verifies its heartbeats on the events queue; a signed
+`prepare` then `backup` go through the command queue, and the control plane's S3BlobStore
+reads back the object the agent wrote.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import boto3
 import pytest
 
 from guest_agent.datastores.base import DatastoreError, find_binary, kill_process_group
-from infra.aws.wiring import Ec2GuestsCompute, guest_backends
-from shared.adapters.aws.ec2_compute import make_ec2_client
+from infra.aws.wiring import guest_backends
+from shared.adapters.aws.ec2_compute import Ec2Compute, make_ec2_client
 from shared.adapters.aws.s3_blob_store import S3BlobStore
 from shared.adapters.aws.s3_client import make_s3_client
 from shared.adapters.aws.sqs_queue import SqsQueue
@@ -265,11 +266,11 @@ def test_an_aws_guest_heartbeats_over_sqs_and_backs_up_to_s3(
         "profile": "aws",
         "heartbeat_interval": INTERVAL,
     }
-    compute = Ec2GuestsCompute(
+    compute = Ec2Compute(
         make_ec2_client(
             moto_endpoint, region=REGION, access_key=CONTROL_KEY_ID, secret_key=CONTROL_SECRET
         ),
-        guest_backends=guest_backends(aws, REGION),
+        guest_sections={"aws": guest_backends(aws, REGION)},
         images={"redis": "ami-0a1b2c3d4e5f60003"},
         instance_types={FLAVOR: "t3.micro"},
         zones=[ZONE],

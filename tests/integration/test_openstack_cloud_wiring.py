@@ -43,12 +43,13 @@ from guest_agent.user_data import parse_user_data, resolve_config
 from guest_agent.wiring import build_backends
 from infra.local.keystone import LocalKeystone, local_identity
 from infra.local.server import EmbeddedServer, proxy_event
-from infra.openstack.wiring import NovaGuestsCompute, nova_guest_backends
+from infra.openstack.wiring import nova_guest_backends
 from infra.wiring import WiringError, build_local, build_runtime
 from shared.adapters.guest_cloud_config import user_data_from_cloud_config
 from shared.adapters.local.compute import LocalCompute
 from shared.adapters.local.workflows import EngineWorkflows
 from shared.adapters.openstack.keystone_tokens import KeystoneTokenValidator
+from shared.adapters.openstack.nova_compute import NovaCinderCompute
 from shared.adapters.openstack.swift_blob_store import SwiftBlobStore
 from shared.adapters.openstack.swift_client import SwiftContainer, tempauth_connection
 from shared.adapters.openstack.swift_state_store import SwiftStateStore
@@ -405,7 +406,8 @@ def test_nova_makes_a_cloud_runtime_whose_create_reaches_nova(
     settings = _nova_settings(tmp_path)
     runtime = build_runtime(settings)
 
-    assert isinstance(runtime.compute, NovaGuestsCompute)
+    assert isinstance(runtime.compute, NovaCinderCompute)
+    assert set(runtime.compute.guest_sections) == {"openstack"}
     assert not isinstance(runtime.compute, LocalCompute)
     assert isinstance(runtime.store, SwiftStateStore)
     assert isinstance(runtime.blobs, SwiftBlobStore)

@@ -38,6 +38,7 @@ from shared.adapters.cloud_server_requests import (
     valid_instance_id,
 )
 from shared.adapters.guest_cloud_config import UserDataTooLargeError, guest_cloud_config
+from shared.adapters.guest_sections import with_guest_sections
 from shared.errors import ComputeError, ComputeRequestError, NotFoundError
 from shared.observability import get_logger
 from shared.ports import JSON, FlavorLike, FlavorSpec, ServerInfo, ServerStatus
@@ -94,7 +95,8 @@ class Ec2Compute(CloudServers):
     `instance_types` maps each flavor's (ram_mb, vcpus) to an instance type; `zones` are the
     availability zones to use, `subnets` optionally the subnet per zone (else the default VPC's),
     `instance_profile` (ARN or name) the IAM instance profile every guest is launched with.
-    `poll_interval` and `timeout` bound every wait for EC2 to reach a state."""
+    `poll_interval` and `timeout` bound every wait for EC2 to reach a state. `guest_sections`
+    are user-data sections added to every guest's (how it reaches its queues and backups)."""
 
     def __init__(
         self,
@@ -110,10 +112,12 @@ class Ec2Compute(CloudServers):
         volume_type: str = "gp3",
         poll_interval: float = 2.0,
         timeout: float = 600.0,
+        guest_sections: Mapping[str, JSON] | None = None,
     ) -> None:
         if not zones or len(set(zones)) != len(zones):
             raise ValueError(f"zones must be distinct and not empty, got {list(zones)}")
         self.client = client
+        self.guest_sections = dict(guest_sections or {})
         self.images = dict(images)
         self.instance_types = dict(instance_types)
         self._zones = list(zones)
@@ -139,6 +143,7 @@ class Ec2Compute(CloudServers):
         *,
         volume_from: str | None = None,
     ) -> ServerInfo:
+        user_data = with_guest_sections(user_data, self.guest_sections)
         request = check_request(
             instance_id,
             flavor,

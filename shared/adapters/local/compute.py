@@ -49,6 +49,7 @@ from typing import Any
 
 import psutil
 
+from shared.adapters.guest_sections import with_guest_sections
 from shared.adapters.local import volumes
 from shared.adapters.local.addresses import DEFAULT_ADDRESS_POOL, AddressPool
 from shared.adapters.local.cgroups import DEFAULT_CGROUP_PARENT, CgroupManager, ServerCgroups
@@ -160,7 +161,8 @@ class LocalCompute:
     the operator prefers it). `agent_command` is an argv in which "{user_data}" is replaced by
     the user-data file's path; the agent also finds the meta-data file beside it (and in
     $TROVELESS_META_DATA). `stop_grace_seconds` is how long a stopping agent gets to shut its
-    datastore down before everything left in the server is killed.
+    datastore down before everything left in the server is killed. `guest_sections` are
+    user-data sections added to every guest's (how it reaches its queues and blobs).
     """
 
     def __init__(
@@ -179,6 +181,7 @@ class LocalCompute:
         kill_grace_seconds: float = 2.0,
         busy_unmount_timeout: float = 5.0,
         clock: Clock | None = None,
+        guest_sections: Mapping[str, JSON] | None = None,
     ) -> None:
         if not zones or len(set(zones)) != len(zones) or not all(_NAME.fullmatch(z) for z in zones):
             raise ValueError(f"zones must be distinct names, got {list(zones)}")
@@ -193,6 +196,7 @@ class LocalCompute:
         self.kill_grace_seconds = kill_grace_seconds
         self.busy_unmount_timeout = busy_unmount_timeout
         self.clock: Clock = clock or SystemClock()
+        self.guest_sections = dict(guest_sections or {})
         for sub in ("servers", "volumes", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
@@ -254,6 +258,7 @@ class LocalCompute:
         *,
         volume_from: str | None = None,
     ) -> ServerInfo:
+        user_data = with_guest_sections(user_data, self.guest_sections)
         _check_name(instance_id, "instance id")
         spec = _flavor_spec(instance_id, flavor)
         if isinstance(volume_gb, bool) or not isinstance(volume_gb, int) or volume_gb < 1:

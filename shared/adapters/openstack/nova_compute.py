@@ -46,6 +46,7 @@ from shared.adapters.cloud_server_requests import (
     valid_instance_id,
 )
 from shared.adapters.guest_cloud_config import UserDataTooLargeError, guest_cloud_config
+from shared.adapters.guest_sections import with_guest_sections
 from shared.errors import ComputeError, ComputeRequestError, NotFoundError
 from shared.observability import get_logger
 from shared.ports import JSON, FlavorLike, FlavorSpec, ServerInfo, ServerStatus
@@ -110,7 +111,9 @@ class NovaCinderCompute(CloudServers):
     the Cinder zone for its volumes (without it Cinder picks its default). `network_id` is the
     network servers join ("auto" allocation without it). With `server_group_policy`, every
     server joins the server group `server_group_name` (made with that policy when missing).
-    `poll_interval` and `timeout` bound every wait for Nova or Cinder to reach a state."""
+    `poll_interval` and `timeout` bound every wait for Nova or Cinder to reach a state.
+    `guest_sections` are user-data sections added to every guest's (how it reaches its queues
+    and backups)."""
 
     def __init__(
         self,
@@ -128,10 +131,12 @@ class NovaCinderCompute(CloudServers):
         server_group_name: str = "troveless-databases",
         poll_interval: float = 2.0,
         timeout: float = 600.0,
+        guest_sections: Mapping[str, JSON] | None = None,
     ) -> None:
         if not zones or len(set(zones)) != len(zones):
             raise ValueError(f"zones must be distinct and not empty, got {list(zones)}")
         self.conn = connection
+        self.guest_sections = dict(guest_sections or {})
         self.images = dict(images)
         self.flavors = dict(flavors)
         self._zones = list(zones)
@@ -165,6 +170,7 @@ class NovaCinderCompute(CloudServers):
         *,
         volume_from: str | None = None,
     ) -> ServerInfo:
+        user_data = with_guest_sections(user_data, self.guest_sections)
         request = check_request(
             instance_id, flavor, volume_gb, zone, user_data, zones=self._zones, images=self.images
         )

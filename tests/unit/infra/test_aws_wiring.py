@@ -22,7 +22,7 @@ from functions.runtime import Runtime
 from guest_agent.user_data import parse_user_data
 from infra.aws.definitions import load_definitions, rewrite_for_step_functions, task_functions
 from infra.aws.template import STATE_MACHINES_DIR, build_template
-from infra.aws.wiring import Ec2GuestsCompute, build_aws, guest_backends
+from infra.aws.wiring import build_aws, guest_backends
 from infra.wiring import WiringError, build_runtime
 from shared.adapters.aws.ec2_compute import Ec2Compute
 from shared.adapters.aws.s3_blob_store import S3BlobStore
@@ -30,8 +30,8 @@ from shared.adapters.aws.s3_client import normalized_prefix
 from shared.adapters.aws.s3_state_store import S3StateStore
 from shared.adapters.aws.sqs_queue import SqsQueue
 from shared.adapters.aws.step_functions_workflows import StepFunctionsWorkflows
+from shared.adapters.guest_sections import with_guest_sections
 from shared.aws_settings import ENV_PREFIX, AwsSettings, variable_for
-from shared.ports import FlavorSpec
 from shared.settings import Settings, SettingsError, load_settings
 from tests.integration.moto_sfn import (
     ACCOUNT_ID,
@@ -394,8 +394,9 @@ def test_guests_are_told_the_runtimes_queues_and_bucket_and_no_keys(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     runtime = build_aws(_offline_settings(monkeypatch, tmp_path))
-    assert isinstance(runtime.compute, Ec2GuestsCompute)
-    section = runtime.compute.guest_backends
+    assert isinstance(runtime.compute, Ec2Compute)
+    assert set(runtime.compute.guest_sections) == {"aws"}
+    section = runtime.compute.guest_sections["aws"]
     assert section == {
         "region": "eu-west-1",  # AWS_REGION, as Lambda sets it
         "queue_prefix": QUEUE_PREFIX,
@@ -427,28 +428,24 @@ def test_without_an_endpoint_guests_get_none(
 def test_each_created_server_gets_the_section(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    runtime = build_aws(_offline_settings(monkeypatch, tmp_path))
+    # What EC2 then receives is checked against moto in tests/integration/test_guest_agent_aws.py.
+    settings = _offline_settings(monkeypatch, tmp_path)
+    runtime = build_aws(settings)
     compute = runtime.compute
-    assert isinstance(compute, Ec2GuestsCompute)
-    asked: list[Any] = []
-    made = object()
-
-    def launch(self: Ec2Compute, *args: Any, **kwargs: Any) -> Any:
-        asked.append((args, kwargs))
-        return made
-
-    # Ec2Compute's own create_server (covered against moto in tests/contract) is replaced, so
-    # only what the wrapper hands it is seen.
-    monkeypatch.setattr(Ec2Compute, "create_server", launch)
+    assert isinstance(compute, Ec2Compute)
+    assert settings.aws is not None
+    region = guest_backends(settings.aws, "x")  # the region is the runtime's own
+    assert set(compute.guest_sections) == {"aws"}
+    section = compute.guest_sections["aws"]
+    assert isinstance(section, dict)
+    assert {k: v for k, v in section.items() if k != "region"} == {
+        k: v for k, v in region.items() if k != "region"
+    }
     given = _guest_user_data(None)
     del given["aws"]
-    flavor = FlavorSpec(ram_mb=512, vcpus=1)
-    assert compute.create_server("inst-a", flavor, 2, "us-east-1a", given) is made
-    [(args, kwargs)] = asked
-    assert args == ("inst-a", flavor, 2, "us-east-1a", {**given, "aws": compute.guest_backends})
-    assert kwargs == {"volume_from": None}
+    with_section = with_guest_sections(given, compute.guest_sections)
     assert "aws" not in given  # the caller's user-data is left as it was
-    parse_user_data(args[4])
+    parse_user_data(with_section)
 
 
 def test_a_non_http_endpoint_is_refused_naming_its_variable(
