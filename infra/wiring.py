@@ -12,7 +12,7 @@ import base64
 import importlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from shared.engine.errors import UnknownResourceError
 from shared.engine.invoker import InProcessInvoker, lookup_names
 from shared.engine.service import ExecutionService
 from shared.errors import TrovelessError
+from shared.ports import FlavorSpec
 from shared.settings import Profile, Settings
 
 FUNCTIONS_PACKAGE = "functions"
@@ -56,6 +57,31 @@ class FunctionsInvoker(InProcessInvoker):
                 self.register(resource, function)
                 return super().resolve(resource)
         raise UnknownResourceError(resource)
+
+
+def cloud_flavors_by_spec(
+    settings: Settings, given: Mapping[str, str], variable: str, kind: str
+) -> dict[FlavorSpec, str]:
+    """A cloud's flavors (`kind`: "Nova flavors", "instance types"), `given` per troveless
+    flavor name in `variable`, keyed by resources (ram_mb, vcpus) as the compute adapters
+    look them up. Unknown names, and two flavors of the same resources given different cloud
+    flavors, are refused naming `variable`."""
+    flavors = {flavor.name: flavor for flavor in settings.flavors}
+    unknown = sorted(set(given) - set(flavors))
+    if unknown:
+        raise WiringError(
+            f"{variable}: unknown flavors {unknown} (the flavors are {sorted(flavors)})"
+        )
+    by_spec: dict[FlavorSpec, str] = {}
+    for name, cloud_flavor in given.items():
+        spec = FlavorSpec.of(flavors[name])
+        if by_spec.get(spec, cloud_flavor) != cloud_flavor:
+            raise WiringError(
+                f"{variable}: flavors with {spec.ram_mb} MiB and {spec.vcpus} vCPUs are given "
+                f"different {kind}"
+            )
+        by_spec[spec] = cloud_flavor
+    return by_spec
 
 
 def local_master_key(data_dir: Path) -> bytes:

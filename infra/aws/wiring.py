@@ -32,7 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.runtime import Runtime
-from infra.wiring import WiringError, master_key
+from infra.wiring import WiringError, cloud_flavors_by_spec, master_key
 from shared.adapters.aws.ec2_compute import Ec2Compute
 from shared.adapters.aws.s3_blob_store import S3BlobStore
 from shared.adapters.aws.s3_client import make_s3_client
@@ -98,23 +98,9 @@ def secret_master_key(client: Any, secret_arn: str) -> bytes:
 
 def instance_types_by_flavor(settings: Settings, aws: AwsSettings) -> dict[FlavorSpec, str]:
     """TROVELESS_AWS_INSTANCE_TYPES names flavors; EC2 compute looks types up by resources."""
-    flavors = {flavor.name: flavor for flavor in settings.flavors}
-    unknown = sorted(set(aws.instance_types) - set(flavors))
-    if unknown:
-        raise WiringError(
-            f"TROVELESS_AWS_INSTANCE_TYPES: unknown flavors {unknown} "
-            f"(the flavors are {sorted(flavors)})"
-        )
-    types: dict[FlavorSpec, str] = {}
-    for name, instance_type in aws.instance_types.items():
-        spec = FlavorSpec.of(flavors[name])
-        if types.get(spec, instance_type) != instance_type:
-            raise WiringError(
-                f"TROVELESS_AWS_INSTANCE_TYPES: flavors with {spec.ram_mb} MiB and "
-                f"{spec.vcpus} vCPUs are given different instance types"
-            )
-        types[spec] = instance_type
-    return types
+    return cloud_flavors_by_spec(
+        settings, aws.instance_types, "TROVELESS_AWS_INSTANCE_TYPES", "instance types"
+    )
 
 
 def guest_backends(aws: AwsSettings, region: str) -> JSON:

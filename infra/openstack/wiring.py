@@ -41,7 +41,7 @@ from zaqarclient.queues.v2 import client as zaqar_client
 from functions import guest_events
 from functions.runtime import Runtime
 from infra.local.cloud import EmbeddedCloud
-from infra.wiring import FunctionsInvoker, WiringError, master_key
+from infra.wiring import FunctionsInvoker, WiringError, cloud_flavors_by_spec, master_key
 from shared.adapters.local.compute import LocalCompute
 from shared.adapters.local.system_user import DEFAULT_GUEST_USER
 from shared.adapters.local.workflows import EngineWorkflows
@@ -284,23 +284,9 @@ def nova_guest_backends(openstack: OpenStackSettings) -> JSON:
 def nova_flavors(settings: Settings, openstack: OpenStackSettings) -> dict[FlavorSpec, str]:
     """TROVELESS_OPENSTACK_FLAVORS names troveless flavors; the adapter looks Nova flavors up
     by resources (ram_mb, vcpus)."""
-    flavors = {flavor.name: flavor for flavor in settings.flavors}
-    unknown = sorted(set(openstack.flavors) - set(flavors))
-    if unknown:
-        raise WiringError(
-            f"TROVELESS_OPENSTACK_FLAVORS: unknown flavors {unknown} "
-            f"(the flavors are {sorted(flavors)})"
-        )
-    by_spec: dict[FlavorSpec, str] = {}
-    for name, nova_flavor in openstack.flavors.items():
-        spec = FlavorSpec.of(flavors[name])
-        if by_spec.get(spec, nova_flavor) != nova_flavor:
-            raise WiringError(
-                f"TROVELESS_OPENSTACK_FLAVORS: flavors with {spec.ram_mb} MiB and "
-                f"{spec.vcpus} vCPUs are given different Nova flavors"
-            )
-        by_spec[spec] = nova_flavor
-    return by_spec
+    return cloud_flavors_by_spec(
+        settings, openstack.flavors, "TROVELESS_OPENSTACK_FLAVORS", "Nova flavors"
+    )
 
 
 def build_openstack(settings: Settings) -> Runtime:
