@@ -42,6 +42,7 @@ from shared.models.volume import Volume, VolumeKind
 from shared.services.instances import InstanceRecords
 from shared.services.tokens import TokenService, project_id_for, user_id_for
 from shared.settings import LocalUser, load_settings
+from tests.integration.keystone_login import password_login
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "troveless": "service-pw-3"}
 USERS = [
@@ -63,29 +64,7 @@ class Identity:
         return f"{self.url}/identity/v3"
 
     def login(self, user: str) -> str:
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": user,
-                            "domain": {"id": "default"},
-                            "password": PASSWORDS[user],
-                        }
-                    },
-                }
-            }
-        }
-        request = urllib.request.Request(
-            f"{self.auth_url}/auth/tokens",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 201
-            return str(response.headers["X-Subject-Token"])
+        return password_login(self.auth_url, user, PASSWORDS[user])
 
     def service_session(self, password: str | None = None) -> ksa_session.Session:
         auth = v3.Password(

@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from shared.services.tokens import TokenService, project_id_for
 from shared.settings import LocalUser, Settings, load_settings
 from tests.contract.recorded_http import Replay, load_recording, replay_server
 from tests.contract.recordings import compose_nova_recordings as rec
+from tests.integration.keystone_login import password_login
 from tests.servers.swift import SwiftEndpoint
 
 # openstacksdk warns about its own internals (RemovedInSDK50Warning) on most calls.
@@ -110,29 +110,7 @@ class KeystoneServer:
         return f"{self.url}/identity/v3"
 
     def login(self, user: str) -> str:
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {
-                        "user": {
-                            "name": user,
-                            "domain": {"id": "default"},
-                            "password": PASSWORDS[user],
-                        }
-                    },
-                }
-            }
-        }
-        request = urllib.request.Request(
-            f"{self.auth_url}/auth/tokens",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 201
-            return str(response.headers["X-Subject-Token"])
+        return password_login(self.auth_url, user, PASSWORDS[user])
 
     def close(self) -> None:
         if self.process.is_alive():
