@@ -44,7 +44,7 @@ from shared.adapters.local.state_store import DirectoryStateStore
 from shared.adapters.local.system_user import DEFAULT_GUEST_USER, ensure_system_user
 from shared.clock import SystemClock
 from shared.crypto import InstanceKeys, encode_secret, new_instance_secret
-from shared.models import GuestResult, Heartbeat, ServiceStatus
+from shared.models import ServiceStatus
 from shared.services.guest_channel import (
     EVENTS_QUEUE,
     GuestClient,
@@ -52,12 +52,12 @@ from shared.services.guest_channel import (
     command_queue_name,
 )
 from shared.settings import REPO_ROOT
+from tests.integration.guest_control_plane import ControlPlane
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
 INTERVAL = 0.5  # heartbeat interval: short, so the timing assertions stay fast
 AGENT_BOOT_TIMEOUT = 30.0
-COMMAND_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -117,55 +117,6 @@ def free_address(port: int) -> str:
             if probe.connect_ex((address, port)) != 0:
                 return address
     raise RuntimeError("no free loopback address in 127.30.0.0/16")
-
-
-@dataclass
-class ControlPlane:
-    """The control plane's end: sends through GuestClient, verifies every event."""
-
-    queue: SqliteQueue
-    client: GuestClient
-    verifier: GuestEventVerifier
-    heartbeats: list[Heartbeat] = field(default_factory=list)
-    results: dict[str, GuestResult] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)
-
-    def pump(self, wait: float = 0.1) -> None:
-        for message in self.queue.receive(EVENTS_QUEUE, 10, 30, wait):
-            verdict = self.verifier.verify(message.body)
-            self.queue.ack(EVENTS_QUEUE, message.receipt)
-            if isinstance(verdict.message, Heartbeat):
-                self.heartbeats.append(verdict.message)
-            elif isinstance(verdict.message, GuestResult):
-                self.results[verdict.message.command_id] = verdict.message
-            else:
-                self.rejected.append(f"{verdict.rejection}: {verdict.detail}")
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            self.pump()
-
-    def pump_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.pump(min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def call(self, name: str, args: dict[str, Any] | None = None, **kw: Any) -> GuestResult:
-        command = self.client.send(name, args, **kw)
-        return self.result_of(command.id)
-
-    def result_of(self, command_id: str) -> GuestResult:
-        self.wait_until(lambda: command_id in self.results, COMMAND_TIMEOUT, f"result {command_id}")
-        return self.results[command_id]
-
-    def next_heartbeat_after(self, t: float, timeout: float) -> Heartbeat:
-        def newer() -> list[Heartbeat]:
-            return [h for h in self.heartbeats if h.timestamp.timestamp() > t]
-
-        self.wait_until(lambda: bool(newer()), timeout, "a heartbeat")
-        return newer()[0]
 
 
 @dataclass

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from shared.adapters.local.system_user import DEFAULT_GUEST_USER, ensure_system_
 from shared.aws_settings import AwsSettings
 from shared.clock import SystemClock
 from shared.crypto import encode_secret, new_instance_secret
-from shared.models import GuestResult, Heartbeat, ServiceStatus
+from shared.models import ServiceStatus
 from shared.ports import FlavorSpec
 from shared.services.backup_records import data_key_text, new_data_key
 from shared.services.backups import object_location
@@ -58,13 +58,13 @@ from shared.services.guest_channel import (
 )
 from shared.settings import REPO_ROOT
 from tests.contract import moto_server
+from tests.integration.guest_control_plane import ControlPlane
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 
 REGION = "eu-west-1"  # not moto's default: the agent must take it from its user-data
 INTERVAL = 0.5
 BOOT_TIMEOUT = 30.0
-COMMAND_TIMEOUT = 60.0
 FLAVOR = FlavorSpec(ram_mb=512, vcpus=1)
 ZONE = f"{REGION}a"
 # The control plane signs its calls with these; the guest's "instance profile" with others.
@@ -105,42 +105,6 @@ def redis_server() -> None:
         find_binary("redis-server")
     except DatastoreError:
         pytest.skip("redis-server is not installed")
-
-
-@dataclass
-class ControlPlane:
-    """The control plane's end, on its own adapters: SQS for the queues, S3 for blobs."""
-
-    queue: SqsQueue
-    blobs: S3BlobStore
-    client: GuestClient
-    verifier: GuestEventVerifier
-    heartbeats: list[Heartbeat] = field(default_factory=list)
-    results: dict[str, GuestResult] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)
-
-    def pump(self) -> None:
-        # One-second long polls: SQS's unit; the loop's deadline bounds the wait.
-        for message in self.queue.receive(EVENTS_QUEUE, 10, 30, 1):
-            verdict = self.verifier.verify(message.body)
-            self.queue.ack(EVENTS_QUEUE, message.receipt)
-            if isinstance(verdict.message, Heartbeat):
-                self.heartbeats.append(verdict.message)
-            elif isinstance(verdict.message, GuestResult):
-                self.results[verdict.message.command_id] = verdict.message
-            else:
-                self.rejected.append(f"{verdict.rejection}: {verdict.detail}")
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            self.pump()
-
-    def call(self, name: str, args: dict[str, Any]) -> GuestResult:
-        command = self.client.send(name, args)
-        self.wait_until(lambda: command.id in self.results, COMMAND_TIMEOUT, f"{name} result")
-        return self.results[command.id]
 
 
 @dataclass
@@ -318,11 +282,11 @@ def test_an_aws_guest_heartbeats_over_sqs_and_backs_up_to_s3(
     )
     plane = ControlPlane(
         queue,
-        blobs,
         GuestClient(queue, clock, instance_id, secret),
         GuestEventVerifier(
             DirectoryStateStore(guest.root / "control-state"), clock, {instance_id: secret}.get
         ),
+        poll_seconds=1.0,  # SQS's long-poll unit; the loop's deadline bounds the wait
     )
     agent = guest.start_agent(user_data_path)
     try:
@@ -348,9 +312,9 @@ def test_an_aws_guest_heartbeats_over_sqs_and_backs_up_to_s3(
         assert backed_up.ok, backed_up.error
         result = backed_up.result
         assert isinstance(result, dict) and result["location"] == location
-        info = plane.blobs.head(location)
+        info = blobs.head(location)
         assert (info.size, info.sha256) == (result["size_bytes"], result["sha256"])
-        body = b"".join(plane.blobs.get(location))  # the store re-checks size and sha256
+        body = b"".join(blobs.get(location))  # the store re-checks size and sha256
         assert hashlib.sha256(body).hexdigest() == result["sha256"] and len(body) > 0
         keys = [
             o["Key"]
