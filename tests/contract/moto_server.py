@@ -8,7 +8,6 @@ answers HTTP; `stop()` kills it. `tests/contract/conftest.py` wraps it in the se
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,18 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tests.servers.processes import free_port
+
 START_TIMEOUT_SECONDS = 30.0
 # Any credentials do for moto; boto3 needs some to sign requests.
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(endpoint: str) -> bool:
@@ -67,7 +61,7 @@ class MotoServer:
 def start_moto_server(timeout: float = START_TIMEOUT_SECONDS) -> MotoServer:
     """Start moto_server on a free loopback port; returns once it answers, or raises."""
     executable = Path(sys.executable).parent / "moto_server"
-    port = _free_port()
+    port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
     process = subprocess.Popen(
         [str(executable), "-H", "127.0.0.1", "-p", str(port)],

@@ -29,7 +29,6 @@ from troveclient.v1 import client as trove_client
 
 from tests.e2e.up_process import (
     Up,
-    free_port,
     fresh_data_dir,
     running_up,
     start_up,
@@ -37,6 +36,7 @@ from tests.e2e.up_process import (
     wait_until,
 )
 from tests.integration.embedded_cloud import PROFILES, servers_for
+from tests.servers.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.datastore]
 

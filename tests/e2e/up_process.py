@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from keystoneauth1 import loading, session
 
 from shared.adapters.local.compute import LocalCompute
 from tests.integration.embedded_cloud import OpenStackPlace, OpenStackServers, openstack_place
+from tests.servers.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Swift and Zaqar answer the openstack profile's first requests a little slower.
@@ -47,12 +47,6 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
